@@ -1,0 +1,659 @@
+//! The loaded XDP program and typed access to its maps.
+//!
+//! This is the only module that touches BPF maps. It keeps the derived parts
+//! of the kernel configuration (which prefix lengths each list uses, policy
+//! count) consistent with the tables, and publishes configuration changes
+//! through the double-buffered `CONFIG` map.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+};
+use rampart_common::{
+    abi::{
+        BanEntry, BucketSet, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, ListEntry,
+        MAX_POLICIES, MAX_PREFIX_LENS, PROGRAM_NAME, Policy, PrefixLens, V4Key, V6Key, map_name,
+        stat,
+    },
+    decide::List,
+};
+
+use crate::prefix::Prefix;
+
+/// The XDP object, built by build.rs and embedded so one binary is enough.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rampart"));
+
+/// Sizes of the tables, fixed when the maps are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capacities {
+    pub allow_v4: u32,
+    pub allow_v6: u32,
+    pub block_v4: u32,
+    pub block_v6: u32,
+    pub bans_v4: u32,
+    pub bans_v6: u32,
+    /// Sets of the rate table (rounded up to a power of two); each holds
+    /// four sources.
+    pub rate_sets: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            allow_v4: 1 << 16,
+            allow_v6: 1 << 16,
+            block_v4: 1 << 20,
+            block_v6: 1 << 18,
+            bans_v4: 1 << 16,
+            bans_v6: 1 << 16,
+            rate_sets: 1 << 16,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "this rampart binary was built without its XDP program (AYA_BUILD_SKIP was set); rebuild it with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error("loading the XDP program failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("XDP program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+/// How many entries of each prefix length a list holds, per family, so the
+/// kernel is told exactly which lengths to probe.
+#[derive(Debug, Default, Clone)]
+struct LenCounts {
+    v4: BTreeMap<u8, u64>,
+    v6: BTreeMap<u8, u64>,
+}
+
+impl LenCounts {
+    fn family(&mut self, v4: bool) -> &mut BTreeMap<u8, u64> {
+        if v4 { &mut self.v4 } else { &mut self.v6 }
+    }
+
+    fn publish(map: &BTreeMap<u8, u64>) -> PrefixLens {
+        let mut out = PrefixLens::default();
+        for (i, len) in map.keys().rev().take(MAX_PREFIX_LENS).enumerate() {
+            out.lens[i] = *len;
+            out.count = i as u32 + 1;
+        }
+        out
+    }
+}
+
+/// The loaded program and its maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    config: Config,
+    config_maps: Array<MapData, Config>,
+    config_active: Array<MapData, u32>,
+    active: u32,
+    iface_slots: Array<MapData, u32>,
+    counters: PerCpuArray<MapData, Counter>,
+    stats: PerCpuArray<MapData, u64>,
+    allow_v4: HashMap<MapData, V4Key, ListEntry>,
+    allow_v6: HashMap<MapData, V6Key, ListEntry>,
+    block_v4: HashMap<MapData, V4Key, ListEntry>,
+    block_v6: HashMap<MapData, V6Key, ListEntry>,
+    bans_v4: HashMap<MapData, V4Key, BanEntry>,
+    bans_v6: HashMap<MapData, V6Key, BanEntry>,
+    policies: Array<MapData, Policy>,
+    rate_sets: Array<MapData, BucketSet>,
+    events: Option<RingBuf<MapData>>,
+    allow_lens: LenCounts,
+    block_lens: LenCounts,
+    capacities: Capacities,
+}
+
+/// Names of every map, with the pin file each has under a pin directory.
+pub const MAP_NAMES: [&str; 15] = [
+    map_name::CONFIG,
+    map_name::CONFIG_ACTIVE,
+    map_name::IFACE_SLOTS,
+    map_name::COUNTERS,
+    map_name::STATS,
+    map_name::ALLOW_V4,
+    map_name::ALLOW_V6,
+    map_name::BLOCK_V4,
+    map_name::BLOCK_V6,
+    map_name::BANS_V4,
+    map_name::BANS_V6,
+    map_name::POLICIES,
+    map_name::RATE_SETS,
+    map_name::EVENTS,
+    "SAMPLER",
+];
+
+impl Datapath {
+    /// Loads the program. With `pin_dir`, every map is created pinned there,
+    /// or re-adopted if already pinned (keeping its contents).
+    pub fn load(capacities: Capacities, pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
+        if OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
+        let rate_sets = capacities.rate_sets.max(1).next_power_of_two();
+        let capacities = Capacities {
+            rate_sets,
+            ..capacities
+        };
+        let pins: Vec<(&str, PathBuf)> = match pin_dir {
+            Some(dir) => MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(map_name::ALLOW_V4, capacities.allow_v4)
+            .map_max_entries(map_name::ALLOW_V6, capacities.allow_v6)
+            .map_max_entries(map_name::BLOCK_V4, capacities.block_v4)
+            .map_max_entries(map_name::BLOCK_V6, capacities.block_v6)
+            .map_max_entries(map_name::BANS_V4, capacities.bans_v4)
+            .map_max_entries(map_name::BANS_V6, capacities.bans_v6)
+            .map_max_entries(map_name::RATE_SETS, rate_sets);
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| DatapathError::Invalid("the object has no XDP program".into()))?
+            .try_into()?;
+        prog.load()?;
+
+        macro_rules! take {
+            ($name:expr) => {
+                ebpf.take_map($name)
+                    .ok_or_else(|| {
+                        DatapathError::Invalid(format!("the object has no map {}", $name))
+                    })?
+                    .try_into()
+                    .map_err(map_err($name))?
+            };
+        }
+        let config_maps: Array<MapData, Config> = take!(map_name::CONFIG);
+        let config_active: Array<MapData, u32> = take!(map_name::CONFIG_ACTIVE);
+        let active = config_active
+            .get(&0, 0)
+            .map_err(map_err(map_name::CONFIG_ACTIVE))?
+            & 1;
+        let config = config_maps
+            .get(&active, 0)
+            .map_err(map_err(map_name::CONFIG))?;
+        let mut dp = Self {
+            config,
+            config_maps,
+            config_active,
+            active,
+            iface_slots: take!(map_name::IFACE_SLOTS),
+            counters: take!(map_name::COUNTERS),
+            stats: take!(map_name::STATS),
+            allow_v4: take!(map_name::ALLOW_V4),
+            allow_v6: take!(map_name::ALLOW_V6),
+            block_v4: take!(map_name::BLOCK_V4),
+            block_v6: take!(map_name::BLOCK_V6),
+            bans_v4: take!(map_name::BANS_V4),
+            bans_v6: take!(map_name::BANS_V6),
+            policies: take!(map_name::POLICIES),
+            rate_sets: take!(map_name::RATE_SETS),
+            events: Some(take!(map_name::EVENTS)),
+            ebpf,
+            allow_lens: LenCounts::default(),
+            block_lens: LenCounts::default(),
+            capacities,
+        };
+        dp.recount_lens()?;
+        if dp.config.rate_set_mask == 0 || dp.config.hash_seed == 0 {
+            // A fresh (not re-adopted) data plane: size the hash and seed it.
+            let seed = random_seed();
+            dp.update_config(|c| {
+                c.rate_set_mask = rate_sets - 1;
+                c.hash_seed = seed;
+            })?;
+        }
+        Ok(dp)
+    }
+
+    pub fn program(&self) -> Result<&Xdp, DatapathError> {
+        Ok(self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or_else(|| DatapathError::Invalid("program missing".into()))?
+            .try_into()?)
+    }
+
+    pub fn program_mut(&mut self) -> Result<&mut Xdp, DatapathError> {
+        Ok(self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| DatapathError::Invalid("program missing".into()))?
+            .try_into()?)
+    }
+
+    pub fn capacities(&self) -> Capacities {
+        self.capacities
+    }
+
+    /// Runs the program once on `frame` (BPF_PROG_TEST_RUN) and returns the
+    /// XDP action.
+    pub fn test_run(&self, frame: &[u8]) -> Result<u32, DatapathError> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
+        Ok(self.program()?.test_run(opts)?.return_value)
+    }
+
+    /// Runs the program `repeat` times on `frame`; returns the mean ns per run.
+    pub fn test_run_timed(&self, frame: &[u8], repeat: u32) -> Result<f64, DatapathError> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let r = self.program()?.test_run(opts)?;
+        Ok(r.duration.as_nanos() as f64)
+    }
+
+    /// The configuration the kernel runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Changes the configuration: writes the idle copy, then flips to it.
+    pub fn update_config(&mut self, f: impl FnOnce(&mut Config)) -> Result<(), DatapathError> {
+        let mut next = self.config;
+        f(&mut next);
+        self.publish(next)
+    }
+
+    fn publish(&mut self, mut next: Config) -> Result<(), DatapathError> {
+        next.allow_v4 = LenCounts::publish(&self.allow_lens.v4);
+        next.allow_v6 = LenCounts::publish(&self.allow_lens.v6);
+        next.block_v4 = LenCounts::publish(&self.block_lens.v4);
+        next.block_v6 = LenCounts::publish(&self.block_lens.v6);
+        let idle = (self.active + 1) % CONFIG_SLOTS;
+        self.config_maps
+            .set(idle, next, 0)
+            .map_err(map_err(map_name::CONFIG))?;
+        self.config_active
+            .set(0, idle, 0)
+            .map_err(map_err(map_name::CONFIG_ACTIVE))?;
+        self.active = idle;
+        self.config = next;
+        Ok(())
+    }
+
+    /// Rebuilds the prefix-length counts from the tables (after re-adopting
+    /// pinned maps) and republishes them.
+    fn recount_lens(&mut self) -> Result<(), DatapathError> {
+        let mut allow = LenCounts::default();
+        let mut block = LenCounts::default();
+        for k in self.allow_v4.keys() {
+            *allow
+                .v4
+                .entry(k.map_err(map_err(map_name::ALLOW_V4))?.prefix_len as u8)
+                .or_default() += 1;
+        }
+        for k in self.allow_v6.keys() {
+            *allow
+                .v6
+                .entry(k.map_err(map_err(map_name::ALLOW_V6))?.prefix_len as u8)
+                .or_default() += 1;
+        }
+        for k in self.block_v4.keys() {
+            *block
+                .v4
+                .entry(k.map_err(map_err(map_name::BLOCK_V4))?.prefix_len as u8)
+                .or_default() += 1;
+        }
+        for k in self.block_v6.keys() {
+            *block
+                .v6
+                .entry(k.map_err(map_err(map_name::BLOCK_V6))?.prefix_len as u8)
+                .or_default() += 1;
+        }
+        self.allow_lens = allow;
+        self.block_lens = block;
+        self.publish(self.config)
+    }
+
+    fn lens_mut(&mut self, list: List) -> &mut LenCounts {
+        match list {
+            List::Allow => &mut self.allow_lens,
+            List::Block => &mut self.block_lens,
+        }
+    }
+
+    /// Adds or replaces a list entry. The entry is in the table before its
+    /// prefix length is published, so it is never half visible.
+    pub fn list_insert(
+        &mut self,
+        list: List,
+        prefix: &Prefix,
+        entry: ListEntry,
+    ) -> Result<(), DatapathError> {
+        let v4 = prefix.is_ipv4();
+        let lens = self.lens_mut(list).family(v4);
+        if !lens.contains_key(&prefix.len()) && lens.len() >= MAX_PREFIX_LENS {
+            return Err(DatapathError::Invalid(format!(
+                "{prefix}: a list can hold at most {MAX_PREFIX_LENS} distinct IPv6 prefix lengths"
+            )));
+        }
+        let existed = self.list_get(list, prefix)?.is_some();
+        match (list, prefix.v4_key(), prefix.v6_key()) {
+            (List::Allow, Some(k), _) => self
+                .allow_v4
+                .insert(k, entry, 0)
+                .map_err(map_err(map_name::ALLOW_V4)),
+            (List::Allow, _, Some(k)) => self
+                .allow_v6
+                .insert(k, entry, 0)
+                .map_err(map_err(map_name::ALLOW_V6)),
+            (List::Block, Some(k), _) => self
+                .block_v4
+                .insert(k, entry, 0)
+                .map_err(map_err(map_name::BLOCK_V4)),
+            (List::Block, _, Some(k)) => self
+                .block_v6
+                .insert(k, entry, 0)
+                .map_err(map_err(map_name::BLOCK_V6)),
+            _ => unreachable_family(),
+        }?;
+        if !existed {
+            let lens = self.lens_mut(list).family(v4);
+            let n = lens.entry(prefix.len()).or_default();
+            *n += 1;
+            if *n == 1 {
+                self.publish(self.config)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a list entry; false if it was not there. The prefix length is
+    /// withdrawn only after its last entry is gone.
+    pub fn list_remove(&mut self, list: List, prefix: &Prefix) -> Result<bool, DatapathError> {
+        if self.list_get(list, prefix)?.is_none() {
+            return Ok(false);
+        }
+        match (list, prefix.v4_key(), prefix.v6_key()) {
+            (List::Allow, Some(k), _) => self
+                .allow_v4
+                .remove(&k)
+                .map_err(map_err(map_name::ALLOW_V4)),
+            (List::Allow, _, Some(k)) => self
+                .allow_v6
+                .remove(&k)
+                .map_err(map_err(map_name::ALLOW_V6)),
+            (List::Block, Some(k), _) => self
+                .block_v4
+                .remove(&k)
+                .map_err(map_err(map_name::BLOCK_V4)),
+            (List::Block, _, Some(k)) => self
+                .block_v6
+                .remove(&k)
+                .map_err(map_err(map_name::BLOCK_V6)),
+            _ => unreachable_family(),
+        }?;
+        let lens = self.lens_mut(list).family(prefix.is_ipv4());
+        if let Some(n) = lens.get_mut(&prefix.len()) {
+            *n -= 1;
+            if *n == 0 {
+                lens.remove(&prefix.len());
+                self.publish(self.config)?;
+            }
+        }
+        Ok(true)
+    }
+
+    pub fn list_get(
+        &self,
+        list: List,
+        prefix: &Prefix,
+    ) -> Result<Option<ListEntry>, DatapathError> {
+        let r = match (list, prefix.v4_key(), prefix.v6_key()) {
+            (List::Allow, Some(k), _) => self.allow_v4.get(&k, 0),
+            (List::Allow, _, Some(k)) => self.allow_v6.get(&k, 0),
+            (List::Block, Some(k), _) => self.block_v4.get(&k, 0),
+            (List::Block, _, Some(k)) => self.block_v6.get(&k, 0),
+            _ => return unreachable_family(),
+        };
+        match r {
+            Ok(e) => Ok(Some(e)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("list")(e)),
+        }
+    }
+
+    /// Every entry of a list.
+    pub fn list_entries(&self, list: List) -> Result<Vec<(Prefix, ListEntry)>, DatapathError> {
+        let (m4, m6) = match list {
+            List::Allow => (&self.allow_v4, &self.allow_v6),
+            List::Block => (&self.block_v4, &self.block_v6),
+        };
+        let mut out = Vec::new();
+        for kv in m4.iter() {
+            let (k, v) = kv.map_err(map_err("list"))?;
+            out.push((Prefix::from_v4_key(&k), v));
+        }
+        for kv in m6.iter() {
+            let (k, v) = kv.map_err(map_err("list"))?;
+            out.push((Prefix::from_v6_key(&k), v));
+        }
+        Ok(out)
+    }
+
+    /// Number of entries of a list, per family (v4, v6).
+    pub fn list_len(&self, list: List) -> (u64, u64) {
+        let l = match list {
+            List::Allow => &self.allow_lens,
+            List::Block => &self.block_lens,
+        };
+        (l.v4.values().sum(), l.v6.values().sum())
+    }
+
+    /// Replaces the policy list. Unchanged policies at the same index keep
+    /// their buckets (the rate table is keyed by index).
+    pub fn set_policies(&mut self, policies: &[Policy]) -> Result<(), DatapathError> {
+        if policies.len() > MAX_POLICIES as usize {
+            return Err(DatapathError::Invalid(format!(
+                "at most {MAX_POLICIES} rate-limit policies are supported, got {}",
+                policies.len()
+            )));
+        }
+        // Shrinking: publish the shorter count first so no packet reads a
+        // stale slot; growing: write slots first, then the count.
+        let count = policies.len() as u32;
+        if count < self.config.policy_count {
+            self.update_config(|c| c.policy_count = count)?;
+        }
+        for (i, p) in policies.iter().enumerate() {
+            self.policies
+                .set(i as u32, p, 0)
+                .map_err(map_err(map_name::POLICIES))?;
+        }
+        let mut v4: Vec<u8> = policies.iter().map(|p| p.v4_prefix.min(32)).collect();
+        let mut v6: Vec<u8> = policies.iter().map(|p| p.v6_prefix.min(128)).collect();
+        // Bans already recorded stay findable under the lengths they used.
+        for kv in self.bans_v4.keys() {
+            v4.push(kv.map_err(map_err(map_name::BANS_V4))?.prefix_len as u8);
+        }
+        for kv in self.bans_v6.keys() {
+            v6.push(kv.map_err(map_err(map_name::BANS_V6))?.prefix_len as u8);
+        }
+        self.update_config(|c| {
+            c.policy_count = count;
+            c.ban_v4 = lens_of(v4);
+            c.ban_v6 = lens_of(v6);
+        })
+    }
+
+    pub fn policies(&self) -> Result<Vec<Policy>, DatapathError> {
+        (0..self.config.policy_count.min(MAX_POLICIES))
+            .map(|i| {
+                self.policies
+                    .get(&i, 0)
+                    .map_err(map_err(map_name::POLICIES))
+            })
+            .collect()
+    }
+
+    /// Every ban entry, live or remembered.
+    pub fn bans(&self) -> Result<Vec<(Prefix, BanEntry)>, DatapathError> {
+        let mut out = Vec::new();
+        for kv in self.bans_v4.iter() {
+            let (k, v) = kv.map_err(map_err(map_name::BANS_V4))?;
+            out.push((Prefix::from_v4_key(&k), v));
+        }
+        for kv in self.bans_v6.iter() {
+            let (k, v) = kv.map_err(map_err(map_name::BANS_V6))?;
+            out.push((Prefix::from_v6_key(&k), v));
+        }
+        Ok(out)
+    }
+
+    pub fn ban_set(&mut self, prefix: &Prefix, ban: BanEntry) -> Result<(), DatapathError> {
+        match (prefix.v4_key(), prefix.v6_key()) {
+            (Some(k), _) => self
+                .bans_v4
+                .insert(k, ban, 0)
+                .map_err(map_err(map_name::BANS_V4)),
+            (_, Some(k)) => self
+                .bans_v6
+                .insert(k, ban, 0)
+                .map_err(map_err(map_name::BANS_V6)),
+            _ => unreachable_family(),
+        }?;
+        let mut lens = if prefix.is_ipv4() {
+            self.config.ban_v4
+        } else {
+            self.config.ban_v6
+        };
+        if !lens.as_slice().contains(&prefix.len()) {
+            let mut v = lens.as_slice().to_vec();
+            v.push(prefix.len());
+            lens = lens_of(v);
+            let v4 = prefix.is_ipv4();
+            self.update_config(|c| {
+                if v4 {
+                    c.ban_v4 = lens;
+                } else {
+                    c.ban_v6 = lens;
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn ban_remove(&mut self, prefix: &Prefix) -> Result<bool, DatapathError> {
+        let r = match (prefix.v4_key(), prefix.v6_key()) {
+            (Some(k), _) => self.bans_v4.remove(&k),
+            (_, Some(k)) => self.bans_v6.remove(&k),
+            _ => return unreachable_family(),
+        };
+        match r {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err("bans")(e)),
+        }
+    }
+
+    /// Gives an interface its own counter slot.
+    pub fn set_iface_slot(&mut self, ifindex: u32, slot: u32) -> Result<(), DatapathError> {
+        self.iface_slots
+            .set(ifindex, slot, 0)
+            .map_err(map_err(map_name::IFACE_SLOTS))
+    }
+
+    /// Every counter, summed over CPUs, indexed like `abi::counter_index`.
+    pub fn counters(&self) -> Result<Vec<Counter>, DatapathError> {
+        let mut out = vec![Counter::default(); COUNTER_ENTRIES as usize];
+        for (i, per_cpu) in self.counters.iter().enumerate() {
+            let per_cpu = per_cpu.map_err(map_err(map_name::COUNTERS))?;
+            for c in per_cpu.iter() {
+                out[i].packets += c.packets;
+                out[i].bytes += c.bytes;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `abi::stat` counters, summed over CPUs.
+    pub fn stats(&self) -> Result<[u64; stat::COUNT as usize], DatapathError> {
+        let mut out = [0u64; stat::COUNT as usize];
+        for (i, per_cpu) in self.stats.iter().enumerate() {
+            out[i] = per_cpu.map_err(map_err(map_name::STATS))?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// The ring buffer of drop samples and ban events (taken by the reader).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Clears the rate table (tests and benchmarks).
+    pub fn reset_rate_table(&mut self) -> Result<(), DatapathError> {
+        for i in 0..self.capacities.rate_sets {
+            self.rate_sets
+                .set(i, BucketSet::default(), 0)
+                .map_err(map_err(map_name::RATE_SETS))?;
+        }
+        Ok(())
+    }
+}
+
+fn lens_of(mut v: Vec<u8>) -> PrefixLens {
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v.dedup();
+    let mut out = PrefixLens::default();
+    for (i, l) in v.iter().take(MAX_PREFIX_LENS).enumerate() {
+        out.lens[i] = *l;
+        out.count = i as u32 + 1;
+    }
+    out
+}
+
+fn unreachable_family<T>() -> Result<T, DatapathError> {
+    Err(DatapathError::Invalid(
+        "prefix is neither IPv4 nor IPv6".into(),
+    ))
+}
+
+/// A random 64-bit seed from the kernel.
+fn random_seed() -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: getrandom writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let seed = if n == 8 {
+        u64::from_ne_bytes(buf)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9_7f4a_7c15)
+    };
+    seed | 1
+}

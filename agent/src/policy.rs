@@ -1,0 +1,289 @@
+//! Rate-limit policies as operators write them, and their kernel form.
+use std::time::Duration;
+
+use rampart_common::{
+    abi::{self, Policy, policy_flag},
+    bucket::{MAX_BURST, MAX_RATE, fill_ns},
+    decide::{MAX_BAN_FACTOR, MAX_BAN_NS},
+};
+use serde::{Deserialize, Serialize};
+
+/// Protocols a policy matches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+    /// ICMP and ICMPv6.
+    Icmp,
+}
+
+impl Protocol {
+    fn abi(self) -> u8 {
+        match self {
+            Self::Any => abi::proto::ANY,
+            Self::Tcp => abi::proto::TCP,
+            Self::Udp => abi::proto::UDP,
+            Self::Icmp => abi::proto::ICMP,
+        }
+    }
+}
+
+/// One policy as written in the config file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    pub name: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Destination port ranges ("443", "8000-8080"); empty matches any port
+    /// and also non-first fragments.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+    /// Packets per second allowed per source.
+    pub pps: u64,
+    /// Bucket size in packets (default: one second's worth).
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// Optional bytes per second per source.
+    #[serde(default)]
+    pub bps: Option<u64>,
+    #[serde(default)]
+    pub bytes_burst: Option<u64>,
+    /// Sources are aggregated to these prefix lengths (default /32 and /64).
+    #[serde(default = "default_v4_prefix")]
+    pub ipv4_prefix: u8,
+    #[serde(default = "default_v6_prefix")]
+    pub ipv6_prefix: u8,
+    /// Drops over the limit that start a ban (0: never ban).
+    #[serde(default)]
+    pub ban_threshold: u32,
+    #[serde(default = "default_ban_time", with = "humantime_serde")]
+    pub ban_time: Duration,
+    #[serde(default = "default_ban_factor")]
+    pub ban_repeat_factor: u32,
+    #[serde(default = "default_ban_max", with = "humantime_serde")]
+    pub ban_max: Duration,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_v4_prefix() -> u8 {
+    32
+}
+fn default_v6_prefix() -> u8 {
+    64
+}
+fn default_ban_time() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_ban_factor() -> u32 {
+    2
+}
+fn default_ban_max() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// An inclusive destination port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}' is not a port or port range (expected e.g. 443 or 8000-8080)");
+        let (lo, hi) = match s.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (s.trim(), s.trim()),
+        };
+        let lo: u16 = lo.parse().map_err(|_| bad())?;
+        let hi: u16 = hi.parse().map_err(|_| bad())?;
+        if lo > hi {
+            return Err(format!("port range '{s}' is reversed (write {hi}-{lo})"));
+        }
+        Ok(Self { lo, hi })
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.lo == self.hi {
+            s.collect_str(&self.lo)
+        } else {
+            s.collect_str(&format_args!("{}-{}", self.lo, self.hi))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => u16::try_from(n)
+                .map(|p| Self { lo: p, hi: p })
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("port {n} is out of range (0-65535)"))
+                }),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// How long an unused slot is kept for its source: long enough to refill its
+/// bucket (a refilled bucket loses nothing when evicted), at least a second.
+const MIN_IDLE: Duration = Duration::from_secs(1);
+
+impl PolicySpec {
+    /// Checks the bounds the kernel arithmetic relies on; the message names
+    /// the field and what is allowed.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = &self.name;
+        if self.name.is_empty() {
+            return Err("policy name must not be empty".into());
+        }
+        if self.pps == 0 || self.pps > MAX_RATE {
+            return Err(format!(
+                "policy '{n}': pps must be 1 to {MAX_RATE}, got {}",
+                self.pps
+            ));
+        }
+        let burst = self.burst.unwrap_or(self.pps);
+        if burst == 0 || burst > MAX_BURST {
+            return Err(format!(
+                "policy '{n}': burst must be 1 to {MAX_BURST}, got {burst}"
+            ));
+        }
+        if let Some(bps) = self.bps {
+            if bps == 0 || bps > MAX_RATE {
+                return Err(format!(
+                    "policy '{n}': bps must be 1 to {MAX_RATE}, got {bps}"
+                ));
+            }
+            let b = self.bytes_burst.unwrap_or(bps);
+            if b < 65535 || b > MAX_BURST {
+                return Err(format!(
+                    "policy '{n}': bytes_burst must be 65535 (one largest packet) to {MAX_BURST}, got {b}"
+                ));
+            }
+        } else if self.bytes_burst.is_some() {
+            return Err(format!("policy '{n}': bytes_burst needs bps"));
+        }
+        if self.ipv4_prefix == 0 || self.ipv4_prefix > 32 {
+            return Err(format!(
+                "policy '{n}': ipv4_prefix must be 1 to 32, got {}",
+                self.ipv4_prefix
+            ));
+        }
+        if self.ipv6_prefix == 0 || self.ipv6_prefix > 128 {
+            return Err(format!(
+                "policy '{n}': ipv6_prefix must be 1 to 128, got {}",
+                self.ipv6_prefix
+            ));
+        }
+        let max_ban = Duration::from_nanos(MAX_BAN_NS);
+        if self.ban_time.is_zero() || self.ban_time > max_ban {
+            return Err(format!(
+                "policy '{n}': ban_time must be more than 0 and at most 366 days"
+            ));
+        }
+        if self.ban_max < self.ban_time || self.ban_max > max_ban {
+            return Err(format!(
+                "policy '{n}': ban_max must be at least ban_time and at most 366 days"
+            ));
+        }
+        if self.ban_repeat_factor == 0 || self.ban_repeat_factor > MAX_BAN_FACTOR {
+            return Err(format!(
+                "policy '{n}': ban_repeat_factor must be 1 to {MAX_BAN_FACTOR}, got {}",
+                self.ban_repeat_factor
+            ));
+        }
+        Ok(())
+    }
+
+    /// The kernel form of each port range of this policy (one entry per range;
+    /// a policy without ports is one entry).
+    pub fn to_abi(&self) -> Vec<Policy> {
+        let burst = self.burst.unwrap_or(self.pps);
+        let bps = self.bps.unwrap_or(0);
+        let bytes_burst = if bps == 0 {
+            0
+        } else {
+            self.bytes_burst.unwrap_or(bps)
+        };
+        let pps_fill = fill_ns(self.pps, burst);
+        let bps_fill = fill_ns(bps, bytes_burst);
+        let idle = Duration::from_nanos(pps_fill.max(bps_fill)).max(MIN_IDLE);
+        let base = Policy {
+            proto: self.protocol.abi(),
+            flags: if self.dry_run {
+                policy_flag::DRY_RUN
+            } else {
+                0
+            },
+            v4_prefix: self.ipv4_prefix,
+            v6_prefix: self.ipv6_prefix,
+            port_lo: 0,
+            port_hi: u16::MAX,
+            ban_threshold: self.ban_threshold,
+            ban_factor: self.ban_repeat_factor,
+            pps: self.pps,
+            pps_burst: burst,
+            bps,
+            bps_burst: bytes_burst,
+            pps_fill_ns: pps_fill,
+            bps_fill_ns: bps_fill,
+            idle_ns: idle.as_nanos() as u64,
+            ban_base_ns: self.ban_time.as_nanos() as u64,
+            ban_max_ns: self.ban_max.as_nanos() as u64,
+        };
+        if self.ports.is_empty() {
+            return vec![base];
+        }
+        self.ports
+            .iter()
+            .map(|r| Policy {
+                flags: base.flags | policy_flag::HAS_PORTS,
+                port_lo: r.lo,
+                port_hi: r.hi,
+                ..base
+            })
+            .collect()
+    }
+
+    /// A policy with defaults for everything but its name, protocol, ports and rate.
+    pub fn simple(
+        name: &str,
+        protocol: Protocol,
+        ports: &[(u16, u16)],
+        pps: u64,
+        burst: u64,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            protocol,
+            ports: ports.iter().map(|&(lo, hi)| PortRange { lo, hi }).collect(),
+            pps,
+            burst: Some(burst),
+            bps: None,
+            bytes_burst: None,
+            ipv4_prefix: default_v4_prefix(),
+            ipv6_prefix: default_v6_prefix(),
+            ban_threshold: 0,
+            ban_time: default_ban_time(),
+            ban_repeat_factor: default_ban_factor(),
+            ban_max: default_ban_max(),
+            dry_run: false,
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The layout of every BPF map shared by the program and the agent.
+//!
+//! All types are `#[repr(C)]` without implicit padding (sizes are asserted
+//! below) and hold only integers and byte arrays, so they are valid `aya::Pod`.
+//! Flags and enumerations are plain integer constants for the same reason.
+
+/// Bumped whenever a map's key or value layout changes; pins live under a
+/// directory named after it so an agent never adopts maps it cannot read.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Map names as the kernel and the pin directory see them (at most 15 bytes).
+pub mod map_name {
+    pub const CONFIG: &str = "CONFIG";
+    pub const CONFIG_ACTIVE: &str = "CONFIG_ACTIVE";
+    pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const STATS: &str = "STATS";
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    pub const BLOCK_V4: &str = "BLOCK_V4";
+    pub const BLOCK_V6: &str = "BLOCK_V6";
+    pub const BANS_V4: &str = "BANS_V4";
+    pub const BANS_V6: &str = "BANS_V6";
+    pub const POLICIES: &str = "POLICIES";
+    pub const RATE_SETS: &str = "RATE_SETS";
+    pub const EVENTS: &str = "EVENTS";
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "rampart";
+
+/// What happened to a packet. Indexes the counters.
+pub mod action {
+    pub const PASS: u8 = 0;
+    pub const DROP: u8 = 1;
+    /// Would have been dropped, but dry-run let it pass.
+    pub const WOULD_DROP: u8 = 2;
+    pub const COUNT: usize = 3;
+    pub const NAMES: [&str; COUNT] = ["pass", "drop", "would_drop"];
+}
+
+/// Why it happened. Indexes the counters.
+pub mod reason {
+    /// No rule matched (or the source was within its rate limit).
+    pub const NONE: u8 = 0;
+    pub const ALLOWLIST: u8 = 1;
+    pub const BLOCKLIST: u8 = 2;
+    pub const BAN: u8 = 3;
+    pub const RATELIMIT: u8 = 4;
+    pub const MALFORMED: u8 = 5;
+    pub const NON_IP: u8 = 6;
+    pub const COUNT: usize = 7;
+    pub const NAMES: [&str; COUNT] = [
+        "none",
+        "allowlist",
+        "blocklist",
+        "ban",
+        "ratelimit",
+        "malformed",
+        "non_ip",
+    ];
+}
+
+/// Interfaces get a counter slot; slot 0 collects interfaces without one.
+pub const MAX_IFACE_SLOTS: u32 = 64;
+/// `IFACE_SLOTS` is an array indexed by ifindex (array lookups are inlined by
+/// the verifier, a hash lookup is not); higher ifindexes count in slot 0.
+pub const MAX_IFINDEX: u32 = 1024;
+
+/// Index into `COUNTERS` (a per-CPU array).
+#[inline(always)]
+pub const fn counter_index(slot: u32, action: u8, reason: u8) -> u32 {
+    (slot * action::COUNT as u32 + action as u32) * reason::COUNT as u32 + reason as u32
+}
+pub const COUNTER_ENTRIES: u32 = MAX_IFACE_SLOTS * (action::COUNT * reason::COUNT) as u32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Indexes of `STATS`, a per-CPU array of `u64` event counts.
+pub mod stat {
+    /// An idle rate-limit slot was taken over by a new source.
+    pub const RATE_EVICTIONS: u32 = 0;
+    /// A new source found every slot of its set busy and was metered by the
+    /// set's shared overflow bucket.
+    pub const RATE_OVERFLOW: u32 = 1;
+    /// Events (samples or bans) that did not fit in the ring buffer.
+    pub const EVENTS_LOST: u32 = 2;
+    pub const EVENTS_SENT: u32 = 3;
+    pub const BANS_STARTED: u32 = 4;
+    /// A ban could not be recorded because the ban table was full.
+    pub const BAN_TABLE_FULL: u32 = 5;
+    /// Drop samples skipped by the per-second cap.
+    pub const SAMPLES_CAPPED: u32 = 6;
+    pub const COUNT: u32 = 8;
+}
+
+/// Global flags in [`Config::flags`].
+pub mod config_flag {
+    pub const DRY_RUN: u32 = 1;
+}
+
+/// Longest list of distinct prefix lengths a list can use per family.
+/// IPv4 needs at most 33; IPv6 lists are refused a 45th distinct length.
+pub const MAX_PREFIX_LENS: usize = 44;
+
+/// The distinct prefix lengths present in one list, longest first, so that a
+/// lookup probes one hash map per length in use instead of walking a trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixLens {
+    pub count: u32,
+    pub lens: [u8; MAX_PREFIX_LENS],
+}
+
+impl Default for PrefixLens {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            lens: [0; MAX_PREFIX_LENS],
+        }
+    }
+}
+
+impl PrefixLens {
+    /// The lengths in use, longest first.
+    pub fn as_slice(&self) -> &[u8] {
+        let n = (self.count as usize).min(MAX_PREFIX_LENS);
+        &self.lens[..n]
+    }
+}
+
+/// `CONFIG` holds two of these; `CONFIG_ACTIVE[0]` says which one is live.
+/// User space writes the idle copy whole, then flips the index (one aligned
+/// 4-byte store), so a packet never sees a half-written configuration.
+pub const CONFIG_SLOTS: u32 = 2;
+
+/// The live configuration (one of the two `CONFIG` entries).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// [`config_flag`] bits.
+    pub flags: u32,
+    /// What to do with an IP packet that cannot be parsed: [`action::DROP`]
+    /// or [`action::PASS`].
+    pub malformed_action: u32,
+    /// Number of entries of `POLICIES` in use, evaluated in order.
+    pub policy_count: u32,
+    /// Sample one drop in this many into the ring buffer; 0 turns samples off.
+    pub sample_every: u32,
+    /// At most this many samples per second on each CPU.
+    pub sample_cap_per_sec: u32,
+    /// Number of sets in `RATE_SETS` minus one (the count is a power of two).
+    pub rate_set_mask: u32,
+    /// Secret seed of the rate-table hash, so that an attacker cannot aim
+    /// sources at the set of a legitimate client.
+    pub hash_seed: u64,
+    pub allow_v4: PrefixLens,
+    pub allow_v6: PrefixLens,
+    pub block_v4: PrefixLens,
+    pub block_v6: PrefixLens,
+    /// Aggregation prefixes used by policies: the lengths bans are keyed by.
+    pub ban_v4: PrefixLens,
+    pub ban_v6: PrefixLens,
+}
+
+/// Key of the IPv4 allow, block and ban tables: a masked prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct V4Key {
+    pub prefix_len: u32,
+    pub addr: [u8; 4],
+}
+
+/// Key of the IPv6 allow, block and ban tables: a masked prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct V6Key {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
+/// Per-entry flags in [`ListEntry::flags`].
+pub mod entry_flag {
+    /// Count matches as `would_drop` instead of dropping.
+    pub const DRY_RUN: u32 = 1;
+}
+
+/// Value of the allow and block tables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListEntry {
+    /// `CLOCK_MONOTONIC` nanoseconds after which the entry no longer matches;
+    /// 0 never expires. Monotonic so that a wall-clock jump changes nothing.
+    pub expires_ns: u64,
+    /// The rule or feed the entry came from (assigned by the agent).
+    pub origin: u32,
+    /// [`entry_flag`] bits.
+    pub flags: u32,
+}
+
+impl ListEntry {
+    #[inline(always)]
+    pub const fn live(&self, now_ns: u64) -> bool {
+        self.expires_ns == 0 || now_ns < self.expires_ns
+    }
+}
+
+/// Value of the ban tables. Entries outlive their ban for a while so that a
+/// repeat offence can be recognised and punished longer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanEntry {
+    /// `CLOCK_MONOTONIC` nanoseconds at which the ban ends.
+    pub expires_ns: u64,
+    /// How many times this source has been banned.
+    pub offences: u32,
+    /// Index of the policy that banned it.
+    pub policy: u32,
+}
+
+/// Protocols a policy can match.
+pub mod proto {
+    pub const ANY: u8 = 0;
+    /// Matches ICMP and ICMPv6.
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// Flags in [`Policy::flags`].
+pub mod policy_flag {
+    pub const DRY_RUN: u8 = 1;
+    /// The policy matches a destination port range (so never a non-first
+    /// fragment, which carries no ports).
+    pub const HAS_PORTS: u8 = 2;
+}
+
+pub const MAX_POLICIES: u32 = 32;
+
+/// One rate-limit policy, an entry of the `POLICIES` array. Derived values
+/// (`*_fill_ns`) are computed by the agent so the kernel never divides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub proto: u8,
+    pub flags: u8,
+    /// Sources are aggregated to this prefix length before metering.
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    /// Destination port range, inclusive (ICMP: the message type).
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// Drops over the limit, without a full-bucket pause, that start a ban;
+    /// 0 never bans.
+    pub ban_threshold: u32,
+    /// Each repeat offence multiplies the ban time by this factor.
+    pub ban_factor: u32,
+    pub pps: u64,
+    pub pps_burst: u64,
+    /// 0: no byte limit.
+    pub bps: u64,
+    pub bps_burst: u64,
+    /// Time to fill the packet bucket from empty: `pps_burst / pps` seconds.
+    pub pps_fill_ns: u64,
+    pub bps_fill_ns: u64,
+    /// A slot unused for this long may be given to a new source.
+    pub idle_ns: u64,
+    pub ban_base_ns: u64,
+    pub ban_max_ns: u64,
+}
+
+/// One source's state in the rate table. `family == 0` marks a free slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketSlot {
+    /// Aggregated source address (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub prefix_len: u8,
+    pub policy: u16,
+    /// Drops since the bucket was last full.
+    pub violations: u32,
+    pub last_ns: u64,
+    /// Packet tokens, in units of 1e-9 packet.
+    pub pkt_tokens: u64,
+    /// Byte tokens, in units of 1e-9 byte.
+    pub byte_tokens: u64,
+}
+
+pub const RATE_WAYS: usize = 4;
+
+/// A set of the set-associative rate table (an entry of the `RATE_SETS`
+/// array). A source hashes to one set and takes any of its ways; when every
+/// way is busy, it is metered by the set's shared overflow bucket instead of
+/// evicting a source that is still active. Lookups never insert into or
+/// evict from a kernel hash table, so a spoofed flood costs what a flood from
+/// a few sources costs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketSet {
+    pub ways: [BucketSlot; RATE_WAYS],
+    pub overflow: BucketSlot,
+}
+
+/// Kinds of [`Event`].
+pub mod event_kind {
+    pub const DROP_SAMPLE: u8 = 1;
+    pub const BAN: u8 = 2;
+}
+
+/// A record in the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub ts_ns: u64,
+    /// Ban events: when the ban ends (monotonic ns).
+    pub ban_expires_ns: u64,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub ifindex: u32,
+    pub len: u32,
+    pub kind: u8,
+    pub family: u8,
+    pub proto: u8,
+    pub action: u8,
+    pub reason: u8,
+    /// Policy index, or [`NO_POLICY`].
+    pub policy: u8,
+    /// Ban events: the banned prefix length.
+    pub prefix_len: u8,
+    pub _pad: u8,
+    /// Ban events: the offence count.
+    pub offences: u32,
+}
+
+pub const NO_POLICY: u8 = 0xff;
+
+// Layouts are part of the kernel ABI: catch accidental padding at compile time.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<Counter>() == 16);
+    assert!(size_of::<PrefixLens>() == 48);
+    assert!(size_of::<Config>() == 32 + 6 * 48);
+    assert!(size_of::<V4Key>() == 8);
+    assert!(size_of::<V6Key>() == 20);
+    assert!(size_of::<ListEntry>() == 16);
+    assert!(size_of::<BanEntry>() == 16);
+    assert!(size_of::<Policy>() == 16 + 9 * 8);
+    assert!(size_of::<BucketSlot>() == 48);
+    assert!(size_of::<BucketSet>() == 240);
+    assert!(size_of::<Event>() == 16 + 32 + 4 + 8 + 8 + 4);
+};

@@ -1,0 +1,493 @@
+//! The decision order, written once for the kernel and the reference model:
+//! allowlist, blocklist, bans, malformed check, rate-limit policies, pass.
+//!
+//! Table access goes through [`Tables`]; the kernel implements it over BPF
+//! maps, [`crate::model`] over plain collections.
+use crate::{
+    abi::{
+        BanEntry, BucketSet, BucketSlot, Config, ListEntry, MAX_POLICIES, MAX_PREFIX_LENS,
+        NO_POLICY, Policy, PrefixLens, RATE_WAYS, V4Key, V6Key, action, config_flag, entry_flag,
+        policy_flag, proto, reason, stat,
+    },
+    addr::{mask_v6, rate_hash, v4_key, v4_of, v6_key},
+    bucket::{SCALE, refill, scaled},
+    parse::{Packet, Parsed, Source, ipproto},
+};
+
+/// Which address list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum List {
+    Allow,
+    Block,
+}
+
+/// The outcome for one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// An [`action`] constant.
+    pub action: u8,
+    /// A [`reason`] constant.
+    pub reason: u8,
+    /// The policy that metered the packet, or [`NO_POLICY`].
+    pub policy: u8,
+}
+
+impl Verdict {
+    pub const fn new(action: u8, reason: u8) -> Self {
+        Self {
+            action,
+            reason,
+            policy: NO_POLICY,
+        }
+    }
+}
+
+/// A ban the decision started, for the ring buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BanStarted {
+    pub family: u8,
+    pub prefix_len: u8,
+    pub addr: [u8; 16],
+    pub ban: BanEntry,
+}
+
+/// The data plane's tables, as the decision sees them. Every method takes
+/// `&self`: BPF maps are shared memory, and the model uses cells.
+pub trait Tables {
+    fn list_v4(&self, list: List, key: &V4Key) -> Option<ListEntry>;
+    fn list_v6(&self, list: List, key: &V6Key) -> Option<ListEntry>;
+    fn ban_v4(&self, key: &V4Key) -> Option<BanEntry>;
+    fn ban_v6(&self, key: &V6Key) -> Option<BanEntry>;
+    /// Offences recorded for a ban key so far (0 if none). A plain count, not
+    /// an `Option<BanEntry>`: the BPF backend mishandles that copy's `None` path.
+    fn offences_v4(&self, key: &V4Key) -> u32;
+    fn offences_v6(&self, key: &V6Key) -> u32;
+    /// Records a ban; false when the table is full.
+    fn set_ban_v4(&self, key: &V4Key, ban: &BanEntry) -> bool;
+    fn set_ban_v6(&self, key: &V6Key, ban: &BanEntry) -> bool;
+    fn policy(&self, index: u32) -> Option<&Policy>;
+    /// Runs `f` on one set of the rate table; `None` if the index is out of range.
+    fn with_rate_set<R>(&self, index: u32, f: impl FnOnce(&mut BucketSet) -> R) -> Option<R>;
+    /// Adds one to a [`stat`] counter.
+    fn count(&self, stat: u32);
+    /// Announces a ban to user space.
+    fn ban_started(&self, ban: &BanStarted);
+
+    // The three costly steps of a decision. The defaults run the shared code
+    // directly (the model); the kernel overrides them to call the same code
+    // through BPF global functions, which the verifier checks once each
+    // instead of once per path into them.
+
+    /// Looks a source up in a list. See [`find_list_with`].
+    fn find_list(&self, cfg: &Config, list: List, src: &Source, now: u64) -> Option<ListEntry> {
+        find_list_with(self, cfg, list, src, now)
+    }
+
+    /// Whether a live ban covers the source. See [`find_ban_with`].
+    fn find_ban(&self, cfg: &Config, src: &Source, now: u64) -> bool {
+        find_ban_with(self, cfg, src, now)
+    }
+
+    /// Meters one packet against policy `index`. See [`meter_with`].
+    fn meter(&self, cfg: &Config, index: u32, src: &Source, len: u32, now: u64, dry: bool) -> bool {
+        meter_with(self, cfg, index, src, len, now, dry)
+    }
+}
+
+/// Decides what to do with a parsed packet of `len` bytes at monotonic time `now`.
+#[inline(always)]
+pub fn decide<T: Tables>(t: &T, cfg: &Config, parsed: &Parsed, len: u32, now: u64) -> Verdict {
+    let global_dry = cfg.flags & config_flag::DRY_RUN != 0;
+    let (src, pkt) = match parsed {
+        Parsed::NonIp => return Verdict::new(action::PASS, reason::NON_IP),
+        Parsed::Malformed(None) => return malformed(cfg, global_dry),
+        Parsed::Malformed(Some(src)) => (src, None),
+        Parsed::Ip(pkt) => (&pkt.src, Some(pkt)),
+    };
+
+    if t.find_list(cfg, List::Allow, src, now).is_some() {
+        return Verdict::new(action::PASS, reason::ALLOWLIST);
+    }
+    // The first rule that would have dropped the packet under dry-run.
+    let mut would: Option<Verdict> = None;
+    if let Some(entry) = t.find_list(cfg, List::Block, src, now) {
+        let v = Verdict::new(action::DROP, reason::BLOCKLIST);
+        if !global_dry && entry.flags & entry_flag::DRY_RUN == 0 {
+            return v;
+        }
+        would.get_or_insert(v);
+    }
+    if t.find_ban(cfg, src, now) {
+        let v = Verdict::new(action::DROP, reason::BAN);
+        if !global_dry {
+            return v;
+        }
+        would.get_or_insert(v);
+    }
+    let Some(pkt) = pkt else {
+        return match would {
+            Some(w) if cfg.malformed_action != action::DROP as u32 => dry(w),
+            _ => malformed(cfg, global_dry),
+        };
+    };
+
+    if let Some((index, policy)) = first_policy(t, cfg, pkt) {
+        if !t.meter(cfg, index, src, len, now, global_dry) {
+            let mut v = Verdict::new(action::DROP, reason::RATELIMIT);
+            v.policy = index as u8;
+            if !global_dry && policy.flags & policy_flag::DRY_RUN == 0 {
+                return v;
+            }
+            would.get_or_insert(v);
+        }
+    }
+    match would {
+        Some(w) => dry(w),
+        None => Verdict::new(action::PASS, reason::NONE),
+    }
+}
+
+/// The first policy, in order, that matches the packet. Kept apart from
+/// metering so the verifier walks the metering code once, not per policy.
+#[inline(always)]
+fn first_policy<'t, T: Tables>(t: &'t T, cfg: &Config, pkt: &Packet) -> Option<(u32, &'t Policy)> {
+    let n = if cfg.policy_count > MAX_POLICIES {
+        MAX_POLICIES
+    } else {
+        cfg.policy_count
+    };
+    for i in 0..MAX_POLICIES {
+        if i >= n {
+            break;
+        }
+        let policy = t.policy(i)?;
+        if policy_matches(policy, pkt) {
+            return Some((i, policy));
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn dry(mut v: Verdict) -> Verdict {
+    v.action = action::WOULD_DROP;
+    v
+}
+
+#[inline(always)]
+fn malformed(cfg: &Config, global_dry: bool) -> Verdict {
+    if cfg.malformed_action != action::DROP as u32 {
+        Verdict::new(action::PASS, reason::MALFORMED)
+    } else if global_dry {
+        Verdict::new(action::WOULD_DROP, reason::MALFORMED)
+    } else {
+        Verdict::new(action::DROP, reason::MALFORMED)
+    }
+}
+
+/// Looks a source up in a list: one hash probe per prefix length in use,
+/// longest first; expired entries are skipped.
+#[inline(always)]
+pub fn find_list_with<T: Tables + ?Sized>(
+    t: &T,
+    cfg: &Config,
+    list: List,
+    src: &Source,
+    now: u64,
+) -> Option<ListEntry> {
+    if src.family == 4 {
+        let lens = match list {
+            List::Allow => &cfg.allow_v4,
+            List::Block => &cfg.block_v4,
+        };
+        let addr = v4_of(&src.addr);
+        probe(
+            lens,
+            |len| t.list_v4(list, &v4_key(addr, len)),
+            |e| e.live(now),
+        )
+    } else {
+        let lens = match list {
+            List::Allow => &cfg.allow_v6,
+            List::Block => &cfg.block_v6,
+        };
+        probe(
+            lens,
+            |len| t.list_v6(list, &v6_key(src.addr, len)),
+            |e| e.live(now),
+        )
+    }
+}
+
+/// Whether a live ban covers the source.
+#[inline(always)]
+pub fn find_ban_with<T: Tables + ?Sized>(t: &T, cfg: &Config, src: &Source, now: u64) -> bool {
+    let live = |b: &BanEntry| now < b.expires_ns;
+    if src.family == 4 {
+        let addr = v4_of(&src.addr);
+        probe(&cfg.ban_v4, |len| t.ban_v4(&v4_key(addr, len)), live).is_some()
+    } else {
+        probe(&cfg.ban_v6, |len| t.ban_v6(&v6_key(src.addr, len)), live).is_some()
+    }
+}
+
+#[inline(always)]
+fn probe<V>(
+    lens: &PrefixLens,
+    get: impl Fn(u8) -> Option<V>,
+    live: impl Fn(&V) -> bool,
+) -> Option<V> {
+    let n = lens.count as usize;
+    for i in 0..MAX_PREFIX_LENS {
+        if i >= n {
+            break;
+        }
+        if let Some(v) = get(lens.lens[i]) {
+            if live(&v) {
+                return Some(v);
+            }
+        }
+    }
+    None
+}
+
+#[inline(always)]
+pub fn policy_matches(p: &Policy, pkt: &Packet) -> bool {
+    let proto_ok = match p.proto {
+        proto::ANY => true,
+        proto::ICMP => pkt.proto == ipproto::ICMP || pkt.proto == ipproto::ICMPV6,
+        other => pkt.proto == other,
+    };
+    if !proto_ok {
+        return false;
+    }
+    if p.flags & policy_flag::HAS_PORTS == 0 {
+        return true;
+    }
+    // A later fragment has no ports, so it only meets port-less policies.
+    !pkt.later_fragment && pkt.dport >= p.port_lo && pkt.dport <= p.port_hi
+}
+
+/// The source aggregated to the policy's prefix: (address, prefix length).
+#[inline(always)]
+pub fn aggregate(p: &Policy, src: &Source) -> ([u8; 16], u8) {
+    if src.family == 4 {
+        let k = v4_key(v4_of(&src.addr), p.v4_prefix);
+        let mut a = [0u8; 16];
+        a[0] = k.addr[0];
+        a[1] = k.addr[1];
+        a[2] = k.addr[2];
+        a[3] = k.addr[3];
+        (a, k.prefix_len as u8)
+    } else {
+        let len = if p.v6_prefix > 128 { 128 } else { p.v6_prefix };
+        (mask_v6(src.addr, len), len)
+    }
+}
+
+/// Byte arrays compared as words: `==` on arrays becomes a `bcmp` call,
+/// which BPF cannot link.
+#[inline(always)]
+fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let w = |x: &[u8; 16], i: usize| {
+        u64::from_ne_bytes([
+            x[i],
+            x[i + 1],
+            x[i + 2],
+            x[i + 3],
+            x[i + 4],
+            x[i + 5],
+            x[i + 6],
+            x[i + 7],
+        ])
+    };
+    w(a, 0) == w(b, 0) && w(a, 8) == w(b, 8)
+}
+
+/// Meters one packet against policy `index`; true when it conforms. May
+/// start a ban (unless dry-run).
+#[inline(always)]
+pub fn meter_with<T: Tables + ?Sized>(
+    t: &T,
+    cfg: &Config,
+    index: u32,
+    src: &Source,
+    len: u32,
+    now: u64,
+    global_dry: bool,
+) -> bool {
+    let Some(p) = t.policy(index) else {
+        return true;
+    };
+    let (addr, prefix_len) = aggregate(p, src);
+    let family = src.family;
+    let set = (rate_hash(&addr, family, index as u16, cfg.hash_seed) as u32) & cfg.rate_set_mask;
+    let outcome = t.with_rate_set(set, |set| {
+        let mut found = RATE_WAYS;
+        let mut victim = RATE_WAYS;
+        let mut victim_last = u64::MAX;
+        for w in 0..RATE_WAYS {
+            let s = &set.ways[w];
+            if s.family == family
+                && s.policy == index as u16
+                && s.prefix_len == prefix_len
+                && same_addr(&s.addr, &addr)
+            {
+                found = w;
+                break;
+            }
+            let idle = s.family == 0 || now.saturating_sub(s.last_ns) > p.idle_ns;
+            if idle && s.last_ns < victim_last {
+                victim = w;
+                victim_last = s.last_ns;
+            }
+        }
+        // Which stat the packet moves, if any (u32::MAX: none).
+        let mut moved = u32::MAX;
+        let slot = if found < RATE_WAYS {
+            &mut set.ways[found]
+        } else if victim < RATE_WAYS {
+            let slot = &mut set.ways[victim];
+            if slot.family != 0 {
+                moved = stat::RATE_EVICTIONS;
+            }
+            reset_slot(slot, p, &addr, family, prefix_len, index, now);
+            slot
+        } else {
+            // Every way is held by an active source: meter the newcomer with
+            // the set's shared bucket rather than evict or wave it through.
+            moved = stat::RATE_OVERFLOW;
+            &mut set.overflow
+        };
+        let ok = take(slot, p, len, now);
+        let own_slot = moved != stat::RATE_OVERFLOW;
+        let ban_due = !ok && own_slot && p.ban_threshold != 0 && slot.violations >= p.ban_threshold;
+        if ban_due {
+            slot.violations = 0;
+        }
+        (ok, ban_due, moved)
+    });
+    let Some((ok, ban_due, moved)) = outcome else {
+        // No rate table: a missing table never drops.
+        return true;
+    };
+    if moved != u32::MAX {
+        t.count(moved);
+    }
+    if ban_due && !global_dry && p.flags & policy_flag::DRY_RUN == 0 {
+        start_ban(t, p, index, family, prefix_len, addr, now);
+    }
+    ok
+}
+
+/// Hands a slot to a new source with a full bucket. Field by field, in
+/// place: a temporary slot would cost the kernel side stack it lacks.
+#[inline(always)]
+fn reset_slot(
+    slot: &mut BucketSlot,
+    p: &Policy,
+    addr: &[u8; 16],
+    family: u8,
+    prefix_len: u8,
+    index: u32,
+    now: u64,
+) {
+    slot.addr = *addr;
+    slot.family = family;
+    slot.prefix_len = prefix_len;
+    slot.policy = index as u16;
+    slot.violations = 0;
+    slot.last_ns = now;
+    slot.pkt_tokens = scaled(p.pps_burst);
+    slot.byte_tokens = scaled(p.bps_burst);
+}
+
+/// Refills a bucket and takes one packet (and its bytes) if both fit.
+#[inline(always)]
+pub fn take(slot: &mut BucketSlot, p: &Policy, len: u32, now: u64) -> bool {
+    let elapsed = now.saturating_sub(slot.last_ns);
+    let pkt = refill(slot.pkt_tokens, elapsed, p.pps, p.pps_fill_ns, p.pps_burst);
+    let bytes = if p.bps != 0 {
+        refill(slot.byte_tokens, elapsed, p.bps, p.bps_fill_ns, p.bps_burst)
+    } else {
+        0
+    };
+    if now > slot.last_ns {
+        slot.last_ns = now;
+    }
+    // A source that paused until its bucket filled starts its count afresh.
+    if pkt == scaled(p.pps_burst) {
+        slot.violations = 0;
+    }
+    let need_bytes = scaled(len as u64);
+    let ok = pkt >= SCALE && (p.bps == 0 || bytes >= need_bytes);
+    if ok {
+        slot.pkt_tokens = pkt - SCALE;
+        slot.byte_tokens = if p.bps != 0 { bytes - need_bytes } else { 0 };
+    } else {
+        slot.pkt_tokens = pkt;
+        slot.byte_tokens = bytes;
+        slot.violations = slot.violations.saturating_add(1);
+    }
+    ok
+}
+
+/// Longest ban time the agent accepts, and the largest repeat factor: their
+/// product stays below 2^64, so the kernel multiplies unchecked.
+pub const MAX_BAN_NS: u64 = 366 * 24 * 3600 * 1_000_000_000;
+pub const MAX_BAN_FACTOR: u32 = 64;
+const _: () = assert!(MAX_BAN_NS.checked_mul(MAX_BAN_FACTOR as u64).is_some());
+
+/// Ban time for the `offences`-th ban: base, times factor per repeat, capped.
+#[inline(always)]
+pub fn ban_duration(p: &Policy, offences: u32) -> u64 {
+    let mut d = p.ban_base_ns;
+    for i in 1..32u32 {
+        if i >= offences || d >= p.ban_max_ns {
+            break;
+        }
+        // d < ban_max_ns <= MAX_BAN_NS and factor <= MAX_BAN_FACTOR.
+        d = d.wrapping_mul(p.ban_factor as u64);
+    }
+    if d > p.ban_max_ns { p.ban_max_ns } else { d }
+}
+
+#[inline(always)]
+fn start_ban<T: Tables + ?Sized>(
+    t: &T,
+    p: &Policy,
+    index: u32,
+    family: u8,
+    prefix_len: u8,
+    addr: [u8; 16],
+    now: u64,
+) {
+    let ban = |prev: u32| {
+        let offences = prev.saturating_add(1);
+        BanEntry {
+            expires_ns: now.saturating_add(ban_duration(p, offences)),
+            offences,
+            policy: index,
+        }
+    };
+    let (stored, ban) = if family == 4 {
+        let key = v4_key(v4_of(&addr), prefix_len);
+        let ban = ban(t.offences_v4(&key));
+        (t.set_ban_v4(&key, &ban), ban)
+    } else {
+        let key = v6_key(addr, prefix_len);
+        let ban = ban(t.offences_v6(&key));
+        (t.set_ban_v6(&key, &ban), ban)
+    };
+    if !stored {
+        t.count(stat::BAN_TABLE_FULL);
+        return;
+    }
+    t.count(stat::BANS_STARTED);
+    t.ban_started(&BanStarted {
+        family,
+        prefix_len,
+        addr,
+        ban,
+    });
+}

@@ -1,0 +1,144 @@
+//! The reference model: the data plane in plain Rust over std collections.
+//!
+//! It runs the same parser and decision code as the kernel program, over
+//! tables that mirror the BPF maps, so tests can predict every verdict and
+//! differential tests can catch where the compiled program disagrees.
+extern crate std;
+
+use std::{cell::RefCell, collections::HashMap, vec::Vec};
+
+use crate::{
+    abi::{BanEntry, BucketSet, Config, ListEntry, Policy, V4Key, V6Key, stat},
+    decide::{BanStarted, List, Tables, Verdict, decide},
+    parse::parse,
+};
+
+/// Tables of the model, one field per BPF map.
+#[derive(Debug, Default)]
+pub struct ModelTables {
+    pub allow_v4: HashMap<V4Key, ListEntry>,
+    pub allow_v6: HashMap<V6Key, ListEntry>,
+    pub block_v4: HashMap<V4Key, ListEntry>,
+    pub block_v6: HashMap<V6Key, ListEntry>,
+    pub bans_v4: RefCell<HashMap<V4Key, BanEntry>>,
+    pub bans_v6: RefCell<HashMap<V6Key, BanEntry>>,
+    /// Capacity of each ban table.
+    pub ban_capacity: usize,
+    pub policies: Vec<Policy>,
+    pub rate_sets: RefCell<Vec<BucketSet>>,
+    pub stats: RefCell<[u64; stat::COUNT as usize]>,
+    pub bans_started: RefCell<Vec<BanStarted>>,
+}
+
+impl Tables for ModelTables {
+    fn list_v4(&self, list: List, key: &V4Key) -> Option<ListEntry> {
+        match list {
+            List::Allow => self.allow_v4.get(key).copied(),
+            List::Block => self.block_v4.get(key).copied(),
+        }
+    }
+
+    fn list_v6(&self, list: List, key: &V6Key) -> Option<ListEntry> {
+        match list {
+            List::Allow => self.allow_v6.get(key).copied(),
+            List::Block => self.block_v6.get(key).copied(),
+        }
+    }
+
+    fn ban_v4(&self, key: &V4Key) -> Option<BanEntry> {
+        self.bans_v4.borrow().get(key).copied()
+    }
+
+    fn ban_v6(&self, key: &V6Key) -> Option<BanEntry> {
+        self.bans_v6.borrow().get(key).copied()
+    }
+
+    fn offences_v4(&self, key: &V4Key) -> u32 {
+        self.ban_v4(key).map_or(0, |b| b.offences)
+    }
+
+    fn offences_v6(&self, key: &V6Key) -> u32 {
+        self.ban_v6(key).map_or(0, |b| b.offences)
+    }
+
+    fn set_ban_v4(&self, key: &V4Key, ban: &BanEntry) -> bool {
+        insert_bounded(
+            &mut self.bans_v4.borrow_mut(),
+            *key,
+            *ban,
+            self.ban_capacity,
+        )
+    }
+
+    fn set_ban_v6(&self, key: &V6Key, ban: &BanEntry) -> bool {
+        insert_bounded(
+            &mut self.bans_v6.borrow_mut(),
+            *key,
+            *ban,
+            self.ban_capacity,
+        )
+    }
+
+    fn policy(&self, index: u32) -> Option<&Policy> {
+        self.policies.get(index as usize)
+    }
+
+    fn with_rate_set<R>(&self, index: u32, f: impl FnOnce(&mut BucketSet) -> R) -> Option<R> {
+        self.rate_sets.borrow_mut().get_mut(index as usize).map(f)
+    }
+
+    fn count(&self, stat: u32) {
+        if let Some(c) = self.stats.borrow_mut().get_mut(stat as usize) {
+            *c += 1;
+        }
+    }
+
+    fn ban_started(&self, ban: &BanStarted) {
+        self.bans_started.borrow_mut().push(*ban);
+    }
+}
+
+/// Inserts like a non-evicting BPF hash map: replacing always works, a new key
+/// only while there is room.
+fn insert_bounded<K: std::hash::Hash + Eq, V>(
+    map: &mut HashMap<K, V>,
+    key: K,
+    value: V,
+    capacity: usize,
+) -> bool {
+    if map.len() >= capacity && !map.contains_key(&key) {
+        return false;
+    }
+    map.insert(key, value);
+    true
+}
+
+/// The whole data plane: configuration plus tables.
+#[derive(Debug, Default)]
+pub struct Model {
+    pub config: Config,
+    pub tables: ModelTables,
+}
+
+impl Model {
+    /// An empty model with `rate_sets` sets in its rate table (a power of two).
+    pub fn new(rate_sets: usize, ban_capacity: usize) -> Self {
+        let sets = rate_sets.next_power_of_two();
+        let mut m = Self::default();
+        m.config.rate_set_mask = (sets - 1) as u32;
+        m.tables.rate_sets = RefCell::new(std::vec![BucketSet::default(); sets]);
+        m.tables.ban_capacity = ban_capacity;
+        m
+    }
+
+    /// The verdict for one frame at monotonic time `now_ns`.
+    pub fn evaluate(&self, frame: &[u8], now_ns: u64) -> Verdict {
+        decide(
+            &self.tables,
+            &self.config,
+            &parse(&frame),
+            frame.len() as u32,
+            now_ns,
+        )
+    }
+}

@@ -1,0 +1,243 @@
+//! Packet parsing, generic over where the bytes live: packet memory in the
+//! kernel (bounds-checked against `data_end` for the verifier) or a slice in
+//! user space.
+//!
+//! Parsing never fails open: an IP packet that cannot be parsed comes back as
+//! [`Parsed::Malformed`], with its source when the fixed IP header was there,
+//! so the lists still apply to it.
+
+/// Read access to a frame.
+pub trait Frame {
+    /// Reads a `T` at byte offset `off`, or `None` past the end of the frame.
+    fn read<T: Copy>(&self, off: usize) -> Option<T>;
+    /// Length of the frame in bytes.
+    fn len(&self) -> usize;
+}
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// 802.1Q and 802.1ad: an outer and an inner tag.
+pub const MAX_VLAN_TAGS: usize = 2;
+/// Longest IPv6 extension-header chain walked; a longer one is malformed.
+pub const MAX_IPV6_EXT: usize = 8;
+
+pub mod ipproto {
+    pub const HOPOPTS: u8 = 0;
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const AH: u8 = 51;
+    pub const ICMPV6: u8 = 58;
+    pub const DSTOPTS: u8 = 60;
+}
+
+/// What a frame holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    NonIp,
+    /// IP, but unparseable. The source is known when the fixed header was intact.
+    Malformed(Option<Source>),
+    Ip(Packet),
+}
+
+/// The source of an IP packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Source {
+    /// 4 or 6.
+    pub family: u8,
+    /// IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+}
+
+/// The fields the decision needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Packet {
+    pub src: Source,
+    pub dst: [u8; 16],
+    /// The transport protocol (after IPv6 extension headers).
+    pub proto: u8,
+    /// A fragment other than the first: it has no transport header.
+    pub later_fragment: bool,
+    pub sport: u16,
+    /// Destination port; for ICMP and ICMPv6 the message type.
+    pub dport: u16,
+}
+
+#[inline(always)]
+fn be16<F: Frame>(f: &F, off: usize) -> Option<u16> {
+    f.read::<[u8; 2]>(off).map(u16::from_be_bytes)
+}
+
+/// Parses Ethernet, VLAN tags, IPv4/IPv6 and the transport ports.
+#[inline(always)]
+pub fn parse<F: Frame>(f: &F) -> Parsed {
+    let Some(mut ethertype) = be16(f, 12) else {
+        return Parsed::NonIp;
+    };
+    let mut off = ETH_HLEN;
+    let mut tags = 0;
+    while ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        if tags == MAX_VLAN_TAGS {
+            // A third tag: the inner payload may still be IP, so never pass it
+            // unexamined.
+            return Parsed::Malformed(None);
+        }
+        match be16(f, off + 2) {
+            Some(t) => ethertype = t,
+            None => return Parsed::Malformed(None),
+        }
+        off += 4;
+        tags += 1;
+    }
+    match ethertype {
+        ETH_P_IP => parse_v4(f, off),
+        ETH_P_IPV6 => parse_v6(f, off),
+        _ => Parsed::NonIp,
+    }
+}
+
+#[inline(always)]
+fn parse_v4<F: Frame>(f: &F, off: usize) -> Parsed {
+    let Some(hdr) = f.read::<[u8; 20]>(off) else {
+        return Parsed::Malformed(None);
+    };
+    let mut src = Source {
+        family: 4,
+        addr: [0; 16],
+    };
+    src.addr[..4].copy_from_slice(&hdr[12..16]);
+    let version = hdr[0] >> 4;
+    let ihl = (hdr[0] & 0x0f) as usize * 4;
+    if version != 4 || ihl < 20 {
+        return Parsed::Malformed(Some(src));
+    }
+    let mut pkt = Packet {
+        src,
+        proto: hdr[9],
+        ..Packet::default()
+    };
+    pkt.dst[..4].copy_from_slice(&hdr[16..20]);
+    let frag_off = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
+    pkt.later_fragment = frag_off != 0;
+    // IHL may carry options; the transport header starts after them.
+    let l4 = off + ihl;
+    if l4 > f.len() {
+        return Parsed::Malformed(Some(src));
+    }
+    parse_l4(f, l4, pkt)
+}
+
+#[inline(always)]
+fn parse_v6<F: Frame>(f: &F, off: usize) -> Parsed {
+    // Field by field rather than the whole 40-byte header: the kernel side
+    // has 512 bytes of stack for everything.
+    let (Some(first), Some(src_addr), Some(dst)) = (
+        f.read::<[u8; 8]>(off),
+        f.read::<[u8; 16]>(off + 8),
+        f.read::<[u8; 16]>(off + 24),
+    ) else {
+        return Parsed::Malformed(None);
+    };
+    let src = Source {
+        family: 6,
+        addr: src_addr,
+    };
+    if first[0] >> 4 != 6 {
+        return Parsed::Malformed(Some(src));
+    }
+    let mut pkt = Packet {
+        src,
+        dst,
+        ..Packet::default()
+    };
+    let mut next = first[6];
+    let mut off = off + 40;
+    let mut walked = 0;
+    loop {
+        match next {
+            ipproto::HOPOPTS
+            | ipproto::ROUTING
+            | ipproto::DSTOPTS
+            | ipproto::AH
+            | ipproto::FRAGMENT => {}
+            _ => break,
+        }
+        if walked == MAX_IPV6_EXT {
+            return Parsed::Malformed(Some(src));
+        }
+        walked += 1;
+        let Some(ext) = f.read::<[u8; 4]>(off) else {
+            return Parsed::Malformed(Some(src));
+        };
+        let len = match next {
+            ipproto::FRAGMENT => {
+                let frag_off = u16::from_be_bytes([ext[2], ext[3]]) >> 3;
+                if frag_off != 0 {
+                    pkt.later_fragment = true;
+                }
+                8
+            }
+            // AH counts its length in 4-byte words, minus two.
+            ipproto::AH => (ext[1] as usize + 2) * 4,
+            _ => (ext[1] as usize + 1) * 8,
+        };
+        next = ext[0];
+        off += len;
+        if pkt.later_fragment {
+            break;
+        }
+    }
+    pkt.proto = next;
+    if off > f.len() {
+        return Parsed::Malformed(Some(src));
+    }
+    parse_l4(f, off, pkt)
+}
+
+#[inline(always)]
+fn parse_l4<F: Frame>(f: &F, off: usize, mut pkt: Packet) -> Parsed {
+    if pkt.later_fragment {
+        return Parsed::Ip(pkt);
+    }
+    let need = match pkt.proto {
+        ipproto::TCP => 20,
+        ipproto::UDP => 8,
+        ipproto::ICMP | ipproto::ICMPV6 => 4,
+        _ => return Parsed::Ip(pkt),
+    };
+    if off + need > f.len() {
+        return Parsed::Malformed(Some(pkt.src));
+    }
+    let Some(ports) = f.read::<[u8; 4]>(off) else {
+        return Parsed::Malformed(Some(pkt.src));
+    };
+    if pkt.proto == ipproto::ICMP || pkt.proto == ipproto::ICMPV6 {
+        pkt.dport = ports[0] as u16;
+    } else {
+        pkt.sport = u16::from_be_bytes([ports[0], ports[1]]);
+        pkt.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    }
+    Parsed::Ip(pkt)
+}
+
+/// A frame held in a byte slice (user space: the model, tests, `explain`).
+impl Frame for &[u8] {
+    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        let end = off.checked_add(core::mem::size_of::<T>())?;
+        if end > <[u8]>::len(self) {
+            return None;
+        }
+        // SAFETY: in bounds (checked above); T is plain data read unaligned.
+        Some(unsafe { self.as_ptr().add(off).cast::<T>().read_unaligned() })
+    }
+
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+}

@@ -1,0 +1,20 @@
+//! `aya::Pod` for the map types: they are `#[repr(C)]`, padding-free and made
+//! only of integers and byte arrays (see the size asserts in `abi`).
+use crate::abi::{
+    BanEntry, BucketSet, BucketSlot, Config, Counter, Event, ListEntry, Policy, PrefixLens, V4Key,
+    V6Key,
+};
+
+macro_rules! pod {
+    ($($t:ty),* $(,)?) => {
+        $(
+            // SAFETY: repr(C), no padding (asserted in abi.rs), every bit pattern valid.
+            unsafe impl aya::Pod for $t {}
+        )*
+    };
+}
+
+pod!(
+    BanEntry, BucketSet, BucketSlot, Config, Counter, Event, ListEntry, Policy, PrefixLens, V4Key,
+    V6Key,
+);

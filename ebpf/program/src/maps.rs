@@ -1,0 +1,309 @@
+//! The program's maps and the `Tables` view of them used by the decision.
+//!
+//! Capacities here are defaults; the agent sets the real ones at load time.
+//! Allow, block and ban tables are plain hash maps, never LRU: an explicit
+//! block must never be evicted by a flood of new sources.
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::generated::bpf_ktime_get_coarse_ns,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use rampart_common::{
+    abi::{
+        BanEntry, BucketSet, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, Event, ListEntry,
+        MAX_IFINDEX, MAX_POLICIES, Policy, V4Key, V6Key, action, event_kind, stat,
+    },
+    decide::{BanStarted, List, Tables, Verdict},
+    parse::{Parsed, Source},
+};
+
+use crate::global;
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(CONFIG_SLOTS, 0);
+#[map]
+static CONFIG_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+pub static IFACE_SLOTS: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);
+#[map]
+pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+#[map]
+static ALLOW_V4: HashMap<V4Key, ListEntry> = HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
+#[map]
+static ALLOW_V6: HashMap<V6Key, ListEntry> = HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
+#[map]
+static BLOCK_V4: HashMap<V4Key, ListEntry> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+#[map]
+static BLOCK_V6: HashMap<V6Key, ListEntry> = HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
+#[map]
+static BANS_V4: HashMap<V4Key, BanEntry> = HashMap::with_max_entries(1 << 16, 0);
+#[map]
+static BANS_V6: HashMap<V6Key, BanEntry> = HashMap::with_max_entries(1 << 16, 0);
+#[map]
+static POLICIES: Array<Policy> = Array::with_max_entries(MAX_POLICIES, 0);
+#[map]
+static RATE_SETS: Array<BucketSet> = Array::with_max_entries(1 << 16, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+#[map]
+static SAMPLER: PerCpuArray<SamplerState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU sampling state: drop counter and the current one-second window.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SamplerState {
+    seen: u64,
+    window_start_ns: u64,
+    in_window: u64,
+}
+
+/// The live configuration (see `abi::CONFIG_SLOTS`).
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    let active = CONFIG_ACTIVE.get(0).copied().unwrap_or(0);
+    CONFIG.get(active & 1)
+}
+
+/// `CLOCK_MONOTONIC` at tick resolution: cheaper than the exact clock, and
+/// rate limits and expiries do not need better than a few milliseconds.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+pub struct BpfTables;
+
+impl Tables for BpfTables {
+    #[inline(always)]
+    fn list_v4(&self, list: List, key: &V4Key) -> Option<ListEntry> {
+        let map = match list {
+            List::Allow => &ALLOW_V4,
+            List::Block => &BLOCK_V4,
+        };
+        // SAFETY: copied out at once; a concurrent delete can at worst give a
+        // stale entry for this one packet.
+        unsafe { map.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn list_v6(&self, list: List, key: &V6Key) -> Option<ListEntry> {
+        let map = match list {
+            List::Allow => &ALLOW_V6,
+            List::Block => &BLOCK_V6,
+        };
+        // SAFETY: as above.
+        unsafe { map.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn ban_v4(&self, key: &V4Key) -> Option<BanEntry> {
+        // SAFETY: as above.
+        unsafe { BANS_V4.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn ban_v6(&self, key: &V6Key) -> Option<BanEntry> {
+        // SAFETY: as above.
+        unsafe { BANS_V6.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn offences_v4(&self, key: &V4Key) -> u32 {
+        // SAFETY: read at once.
+        match unsafe { BANS_V4.get(key) } {
+            Some(b) => b.offences,
+            None => 0,
+        }
+    }
+
+    #[inline(always)]
+    fn offences_v6(&self, key: &V6Key) -> u32 {
+        // SAFETY: read at once.
+        match unsafe { BANS_V6.get(key) } {
+            Some(b) => b.offences,
+            None => 0,
+        }
+    }
+
+    #[inline(always)]
+    fn set_ban_v4(&self, key: &V4Key, ban: &BanEntry) -> bool {
+        BANS_V4.insert(key, ban, 0).is_ok()
+    }
+
+    #[inline(always)]
+    fn set_ban_v6(&self, key: &V6Key, ban: &BanEntry) -> bool {
+        BANS_V6.insert(key, ban, 0).is_ok()
+    }
+
+    #[inline(always)]
+    fn policy(&self, index: u32) -> Option<&Policy> {
+        POLICIES.get(index)
+    }
+
+    #[inline(always)]
+    fn with_rate_set<R>(&self, index: u32, f: impl FnOnce(&mut BucketSet) -> R) -> Option<R> {
+        let set = RATE_SETS.get_ptr_mut(index)?;
+        // SAFETY: a valid map value. CPUs may race on one source's bucket;
+        // the cost is an occasional lost token update, never unsafety, and
+        // atomics on every packet would cost more than they save.
+        Some(f(unsafe { &mut *set }))
+    }
+
+    #[inline(always)]
+    fn find_list(&self, _cfg: &Config, list: List, src: &Source, now: u64) -> Option<ListEntry> {
+        let (hi, lo) = global::split(src);
+        let list = match list {
+            List::Allow => 0,
+            List::Block => 1,
+        };
+        let r = global::rampart_find_list(list, src.family as u64, hi, lo, now);
+        if r & global::FOUND == 0 {
+            return None;
+        }
+        Some(ListEntry {
+            expires_ns: 0,
+            origin: (r >> 8) as u32,
+            flags: ((r >> 40) & 0xff) as u32,
+        })
+    }
+
+    #[inline(always)]
+    fn find_ban(&self, _cfg: &Config, src: &Source, now: u64) -> bool {
+        let (hi, lo) = global::split(src);
+        global::rampart_find_ban(src.family as u64, hi, lo, now) != 0
+    }
+
+    #[inline(always)]
+    fn meter(
+        &self,
+        _cfg: &Config,
+        index: u32,
+        src: &Source,
+        len: u32,
+        now: u64,
+        dry: bool,
+    ) -> bool {
+        let (hi, lo) = global::split(src);
+        let meta = (index as u64 & 0xff) | ((src.family as u64) << 8) | ((dry as u64) << 16);
+        global::rampart_meter(meta, hi, lo, len as u64, now) != 0
+    }
+
+    #[inline(always)]
+    fn count(&self, index: u32) {
+        bump(index);
+    }
+
+    #[inline(always)]
+    fn ban_started(&self, ban: &BanStarted) {
+        let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
+            bump(stat::EVENTS_LOST);
+            return;
+        };
+        let ev = slot.as_mut_ptr();
+        // SAFETY: a reserved, exclusively owned ring-buffer record of size
+        // Event; every field is written before submit.
+        unsafe {
+            (*ev).ts_ns = now_ns();
+            (*ev).ban_expires_ns = ban.ban.expires_ns;
+            (*ev).src = ban.addr;
+            (*ev).dst = [0; 16];
+            (*ev).sport = 0;
+            (*ev).dport = 0;
+            (*ev).ifindex = 0;
+            (*ev).len = 0;
+            (*ev).kind = event_kind::BAN;
+            (*ev).family = ban.family;
+            (*ev).proto = 0;
+            (*ev).action = action::DROP;
+            (*ev).reason = 0;
+            (*ev).policy = ban.ban.policy as u8;
+            (*ev).prefix_len = ban.prefix_len;
+            (*ev)._pad = 0;
+            (*ev).offences = ban.ban.offences;
+        }
+        slot.submit(0);
+        bump(stat::EVENTS_SENT);
+    }
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(c) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, written only by this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Samples drops (and would-be drops) into the ring buffer: one in
+/// `sample_every`, at most `sample_cap_per_sec` per second per CPU.
+#[inline(always)]
+pub fn sample(cfg: &Config, parsed: &Parsed, v: &Verdict, ifindex: u32, len: u32, now: u64) {
+    if v.action == action::PASS || cfg.sample_every == 0 {
+        return;
+    }
+    let Some(state) = SAMPLER.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value, written only by this CPU.
+    let state = unsafe { &mut *state };
+    state.seen += 1;
+    if state.seen % cfg.sample_every as u64 != 0 {
+        return;
+    }
+    if now.saturating_sub(state.window_start_ns) >= 1_000_000_000 {
+        state.window_start_ns = now;
+        state.in_window = 0;
+    }
+    if state.in_window >= cfg.sample_cap_per_sec as u64 {
+        bump(stat::SAMPLES_CAPPED);
+        return;
+    }
+    state.in_window += 1;
+    // A full ring buffer is counted, never waited on.
+    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
+        bump(stat::EVENTS_LOST);
+        return;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: a reserved, exclusively owned record; every field is written.
+    unsafe {
+        (*ev).ts_ns = now;
+        (*ev).ban_expires_ns = 0;
+        (*ev).src = [0; 16];
+        (*ev).dst = [0; 16];
+        (*ev).sport = 0;
+        (*ev).dport = 0;
+        (*ev).family = 0;
+        (*ev).proto = 0;
+        match parsed {
+            Parsed::Ip(p) => {
+                (*ev).family = p.src.family;
+                (*ev).src = p.src.addr;
+                (*ev).dst = p.dst;
+                (*ev).proto = p.proto;
+                (*ev).sport = p.sport;
+                (*ev).dport = p.dport;
+            }
+            Parsed::Malformed(Some(src)) => {
+                (*ev).family = src.family;
+                (*ev).src = src.addr;
+            }
+            _ => {}
+        }
+        (*ev).ifindex = ifindex;
+        (*ev).len = len;
+        (*ev).kind = event_kind::DROP_SAMPLE;
+        (*ev).action = v.action;
+        (*ev).reason = v.reason;
+        (*ev).policy = v.policy;
+        (*ev).prefix_len = 0;
+        (*ev)._pad = 0;
+        (*ev).offences = 0;
+    }
+    slot.submit(0);
+    bump(stat::EVENTS_SENT);
+}

@@ -1,0 +1,5 @@
+//! Shared helpers for the integration tests: frame builders, the data plane
+//! under test, namespaces and veth pairs that clean up after themselves.
+pub mod frames;
+pub mod harness;
+pub mod netns;

@@ -1,0 +1,119 @@
+//! Network namespaces and veth pairs created by a test and removed when the
+//! guard drops, so a failed test leaves nothing behind.
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Runs a command, failing with its stderr.
+pub fn sh(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        let _ = sh(&["ip", "netns", "del", name]);
+        sh(&["ip", "netns", "add", name])?;
+        sh(&["ip", "-n", name, "link", "set", "lo", "up"])?;
+        Ok(Self { name: name.into() })
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// A veth pair between two namespaces with addresses on each end:
+/// `a` (in `ns_a`, address `addr_a`) and `b` (in `ns_b`).
+pub struct Veth {
+    pub a: String,
+    pub b: String,
+}
+
+impl Veth {
+    pub fn new(
+        a: &str,
+        ns_a: &Netns,
+        addrs_a: &[&str],
+        b: &str,
+        ns_b: &Netns,
+        addrs_b: &[&str],
+    ) -> anyhow::Result<Self> {
+        let _ = sh(&["ip", "link", "del", a]);
+        sh(&["ip", "link", "add", a, "type", "veth", "peer", "name", b])?;
+        sh(&["ip", "link", "set", a, "netns", &ns_a.name])?;
+        sh(&["ip", "link", "set", b, "netns", &ns_b.name])?;
+        for (ns, dev, addrs) in [(ns_a, a, addrs_a), (ns_b, b, addrs_b)] {
+            for addr in addrs {
+                let fam = if addr.contains(':') { "-6" } else { "-4" };
+                ns.exec(&["ip", fam, "addr", "add", addr, "dev", dev, "nodad"])
+                    .or_else(|_| ns.exec(&["ip", fam, "addr", "add", addr, "dev", dev]))?;
+            }
+            ns.exec(&["ip", "link", "set", dev, "up"])?;
+        }
+        Ok(Self {
+            a: a.into(),
+            b: b.into(),
+        })
+    }
+}
+
+/// Enters a namespace for the rest of this thread's life (for attaching a
+/// program to an interface that lives there). Returns a guard that goes back.
+pub struct InNetns {
+    orig: std::fs::File,
+}
+
+impl InNetns {
+    pub fn enter(ns: &Netns) -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let orig = std::fs::File::open("/proc/thread-self/ns/net")?;
+        let target = std::fs::File::open(format!("/run/netns/{}", ns.name))?;
+        // SAFETY: setns on valid namespace fds; affects only this thread.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "setns into {}: {}",
+                ns.name,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Self { orig })
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: returning this thread to the namespace it came from.
+        unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
