@@ -1,11 +1,361 @@
 //! Decision tables through BPF_PROG_TEST_RUN: crafted frames for every rule,
-//! each asserting the verdict, the counter that moved, and agreement with the
-//! reference model.
-use rampart_tests::{frames::FrameBuilder as F, harness::*};
+//! each asserting the XDP verdict, the one counter that moved (action and
+//! reason), and that the reference model agrees.
+use rampart_common::{
+    abi::{BanEntry, ListEntry, action, config_flag, entry_flag, reason},
+    decide::List,
+};
+use rampart_tests::{
+    frames::{self, FrameBuilder as F},
+    harness::*,
+};
+
+const CLIENT: &str = "192.0.2.10";
+const BAD: &str = "203.0.113.66";
+const SERVER: &str = "198.51.100.1";
+const CLIENT6: &str = "2001:db8:1::10";
+const BAD6: &str = "2001:db8:bad::66";
+const SERVER6: &str = "2001:db8:ffff::1";
+
+fn expect(plane: &Plane, frame: &[u8], act: u8, why: u8) {
+    let out = plane.run_both(frame);
+    assert_eq!(
+        out.counted,
+        (act, why),
+        "expected {}/{}, got {}/{} for {frame:02x?}",
+        action::NAMES[act as usize],
+        reason::NAMES[why as usize],
+        out.action_name(),
+        out.reason_name()
+    );
+}
+
+fn blocked_plane() -> Plane {
+    let mut p = Plane::new();
+    p.block(BAD);
+    p.block("2001:db8:bad::/48");
+    p
+}
 
 #[test]
-fn smoke_plain_tcp_passes() {
-    let plane = Plane::new();
-    let out = plane.run_both(&F::tcp("192.0.2.1", "198.51.100.1").build());
-    assert_eq!(out.xdp, XDP_PASS);
+fn plain_traffic_passes() {
+    let p = blocked_plane();
+    expect(
+        &p,
+        &F::tcp(CLIENT, SERVER).build(),
+        action::PASS,
+        reason::NONE,
+    );
+    expect(
+        &p,
+        &F::udp(CLIENT, SERVER, 53).build(),
+        action::PASS,
+        reason::NONE,
+    );
+    expect(
+        &p,
+        &F::icmp(CLIENT, SERVER).build(),
+        action::PASS,
+        reason::NONE,
+    );
+    expect(
+        &p,
+        &F::tcp(CLIENT6, SERVER6).build(),
+        action::PASS,
+        reason::NONE,
+    );
+    expect(
+        &p,
+        &F::icmp(CLIENT6, SERVER6).build(),
+        action::PASS,
+        reason::NONE,
+    );
+}
+
+#[test]
+fn non_ip_passes_and_is_counted() {
+    let p = blocked_plane();
+    expect(&p, &frames::arp(), action::PASS, reason::NON_IP);
+    // LLDP
+    let mut lldp = vec![0x01, 0x80, 0xc2, 0, 0, 0x0e, 2, 0, 0, 0, 0, 2, 0x88, 0xcc];
+    lldp.extend_from_slice(&[0; 32]);
+    expect(&p, &lldp, action::PASS, reason::NON_IP);
+}
+
+#[test]
+fn blocklisted_sources_drop_in_every_shape() {
+    let p = blocked_plane();
+    let shapes = [
+        F::tcp(BAD, SERVER),
+        F::udp(BAD, SERVER, 53),
+        F::icmp(BAD, SERVER),
+        F::new(BAD, SERVER, 47, 0, 0),  // GRE: no ports
+        F::new(BAD, SERVER, 132, 0, 0), // SCTP
+        F::tcp(BAD, SERVER).vlan(10),
+        F::tcp(BAD, SERVER).vlan(10).vlan(20).qinq(),
+        F::tcp(BAD, SERVER).v4_options(3),
+        F::tcp(BAD, SERVER).v4_options(10),
+        F::tcp(BAD, SERVER).fragment(0, true),
+        F::tcp(BAD, SERVER).fragment(185, false),
+        F::tcp(BAD6, SERVER6),
+        F::udp(BAD6, SERVER6, 443),
+        F::icmp(BAD6, SERVER6),
+        F::tcp(BAD6, SERVER6).ext(0).ext(43).ext(60),
+        F::tcp(BAD6, SERVER6).ext(51),
+        F::tcp(BAD6, SERVER6).fragment(0, true),
+        F::tcp(BAD6, SERVER6).fragment(100, false),
+        F::new(BAD6, SERVER6, 59, 0, 0), // no next header
+        F::tcp(BAD6, SERVER6).vlan(7).vlan(8).qinq(),
+    ];
+    for f in shapes {
+        expect(&p, &f.build(), action::DROP, reason::BLOCKLIST);
+    }
+}
+
+#[test]
+fn prefixes_match_and_neighbours_do_not() {
+    let mut p = Plane::new();
+    p.block("10.20.0.0/16");
+    p.block("10.0.0.0/8");
+    p.block("2001:db8:42::/48");
+    expect(
+        &p,
+        &F::tcp("10.20.30.40", SERVER).build(),
+        action::DROP,
+        reason::BLOCKLIST,
+    );
+    expect(
+        &p,
+        &F::tcp("10.99.0.1", SERVER).build(),
+        action::DROP,
+        reason::BLOCKLIST,
+    );
+    expect(
+        &p,
+        &F::tcp("11.0.0.1", SERVER).build(),
+        action::PASS,
+        reason::NONE,
+    );
+    expect(
+        &p,
+        &F::tcp("2001:db8:42:ffff::1", SERVER6).build(),
+        action::DROP,
+        reason::BLOCKLIST,
+    );
+    expect(
+        &p,
+        &F::tcp("2001:db8:43::1", SERVER6).build(),
+        action::PASS,
+        reason::NONE,
+    );
+    // Removing the /8 withdraws its length; the /16 still matches.
+    p.unlist(List::Block, "10.0.0.0/8");
+    expect(
+        &p,
+        &F::tcp("10.99.0.1", SERVER).build(),
+        action::PASS,
+        reason::NONE,
+    );
+    expect(
+        &p,
+        &F::tcp("10.20.30.40", SERVER).build(),
+        action::DROP,
+        reason::BLOCKLIST,
+    );
+}
+
+#[test]
+fn allowlist_passes_before_everything_else() {
+    let mut p = blocked_plane();
+    p.allow("203.0.113.0/24");
+    p.allow("2001:db8:bad:1::/64");
+    expect(
+        &p,
+        &F::tcp(BAD, SERVER).build(),
+        action::PASS,
+        reason::ALLOWLIST,
+    );
+    expect(
+        &p,
+        &F::tcp("2001:db8:bad:1::9", SERVER6).build(),
+        action::PASS,
+        reason::ALLOWLIST,
+    );
+    // Outside the allowed /64 but inside the blocked /48.
+    expect(
+        &p,
+        &F::tcp("2001:db8:bad:2::9", SERVER6).build(),
+        action::DROP,
+        reason::BLOCKLIST,
+    );
+}
+
+#[test]
+fn expired_entries_stop_matching_in_the_kernel() {
+    let mut p = Plane::new();
+    let past = ListEntry {
+        expires_ns: now_ns().saturating_sub(1),
+        ..ListEntry::default()
+    };
+    let future = ListEntry {
+        expires_ns: now_ns() + 3_600_000_000_000,
+        ..ListEntry::default()
+    };
+    p.list(List::Block, "192.0.2.200", past);
+    p.list(List::Block, "192.0.2.201", future);
+    expect(
+        &p,
+        &F::tcp("192.0.2.200", SERVER).build(),
+        action::PASS,
+        reason::NONE,
+    );
+    expect(
+        &p,
+        &F::tcp("192.0.2.201", SERVER).build(),
+        action::DROP,
+        reason::BLOCKLIST,
+    );
+    // An expired /32 does not hide a live covering /24.
+    p.block("192.0.2.0/24");
+    expect(
+        &p,
+        &F::tcp("192.0.2.200", SERVER).build(),
+        action::DROP,
+        reason::BLOCKLIST,
+    );
+}
+
+#[test]
+fn live_bans_drop_and_expired_bans_do_not() {
+    let mut p = Plane::new();
+    let live = BanEntry {
+        expires_ns: now_ns() + 60_000_000_000,
+        offences: 1,
+        policy: 0,
+    };
+    let over = BanEntry {
+        expires_ns: now_ns().saturating_sub(1),
+        offences: 1,
+        policy: 0,
+    };
+    p.ban("198.18.0.1", live);
+    p.ban("198.18.0.2", over);
+    p.ban("2001:db8:77::/64", live);
+    expect(
+        &p,
+        &F::tcp("198.18.0.1", SERVER).build(),
+        action::DROP,
+        reason::BAN,
+    );
+    expect(
+        &p,
+        &F::udp("198.18.0.1", SERVER, 53).fragment(50, false).build(),
+        action::DROP,
+        reason::BAN,
+    );
+    expect(
+        &p,
+        &F::tcp("198.18.0.2", SERVER).build(),
+        action::PASS,
+        reason::NONE,
+    );
+    expect(
+        &p,
+        &F::tcp("2001:db8:77::abcd", SERVER6).build(),
+        action::DROP,
+        reason::BAN,
+    );
+}
+
+#[test]
+fn malformed_ip_drops_by_default_and_still_meets_the_lists() {
+    let mut p = blocked_plane();
+    let good = F::tcp(CLIENT, SERVER).build();
+    // Truncated inside the IPv4 header: no source known.
+    expect(&p, &good[..14 + 12], action::DROP, reason::MALFORMED);
+    // Truncated inside TCP: source known, not listed.
+    expect(&p, &good[..14 + 20 + 10], action::DROP, reason::MALFORMED);
+    // Bad IHL (4 words).
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x44;
+    expect(&p, &bad_ihl, action::DROP, reason::MALFORMED);
+    // IHL pointing past the end.
+    let mut long_ihl = good[..14 + 24].to_vec();
+    long_ihl[14] = 0x4f;
+    expect(&p, &long_ihl, action::DROP, reason::MALFORMED);
+    // Wrong version nibble under the IPv4 ethertype.
+    let mut v6_in_v4 = good.clone();
+    v6_in_v4[14] = 0x65;
+    expect(&p, &v6_in_v4, action::DROP, reason::MALFORMED);
+    // IPv6 extension chain longer than the walk allows.
+    let mut long_chain = F::tcp(CLIENT6, SERVER6);
+    for _ in 0..9 {
+        long_chain = long_chain.ext(60);
+    }
+    expect(&p, &long_chain.build(), action::DROP, reason::MALFORMED);
+    // Three VLAN tags.
+    let triple = F::tcp(CLIENT, SERVER).vlan(1).vlan(2).vlan(3).build();
+    expect(&p, &triple, action::DROP, reason::MALFORMED);
+    // Truncated VLAN tag.
+    let tagged = F::tcp(CLIENT, SERVER).vlan(1).build();
+    expect(&p, &tagged[..15], action::DROP, reason::MALFORMED);
+
+    // Configured to pass malformed packets: a blocked source still drops,
+    // an unknown one passes as malformed.
+    p.configure(|c| c.malformed_pass = 1);
+    let bad = F::tcp(BAD, SERVER).build();
+    expect(&p, &bad[..14 + 20 + 10], action::DROP, reason::BLOCKLIST);
+    expect(&p, &good[..14 + 20 + 10], action::PASS, reason::MALFORMED);
+}
+
+#[test]
+fn garbage_frames_never_fail_open_or_crash() {
+    let p = blocked_plane();
+    // Runt frames of every length up to a full header (BPF_PROG_TEST_RUN
+    // needs at least an Ethernet header).
+    for n in 14..60 {
+        let f = F::tcp(BAD, SERVER).build();
+        let out = p.run_both(&f[..n.min(f.len())]);
+        assert_ne!(
+            out.counted,
+            (action::PASS, reason::NONE),
+            "a truncated frame from a blocked source passed as clean at {n} bytes"
+        );
+    }
+}
+
+#[test]
+fn dry_run_counts_would_drop_and_passes() {
+    let mut p = blocked_plane();
+    p.configure(|c| c.flags |= config_flag::DRY_RUN);
+    expect(
+        &p,
+        &F::tcp(BAD, SERVER).build(),
+        action::WOULD_DROP,
+        reason::BLOCKLIST,
+    );
+    let good = F::tcp(CLIENT, SERVER).build();
+    expect(&p, &good[..30], action::WOULD_DROP, reason::MALFORMED);
+    expect(&p, &good, action::PASS, reason::NONE);
+
+    // Per-entry dry-run, global enforcement.
+    let mut p = Plane::new();
+    p.list(
+        List::Block,
+        "203.0.113.0/24",
+        ListEntry {
+            flags: entry_flag::DRY_RUN,
+            ..ListEntry::default()
+        },
+    );
+    p.block("203.0.113.66");
+    expect(
+        &p,
+        &F::tcp("203.0.113.1", SERVER).build(),
+        action::WOULD_DROP,
+        reason::BLOCKLIST,
+    );
+    // A dry-run entry does not shield the source from an enforcing one.
+    let out = p.run_both(&F::tcp("203.0.113.66", SERVER).build());
+    assert_eq!(out.xdp, XDP_DROP);
 }

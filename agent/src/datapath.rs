@@ -356,7 +356,7 @@ impl Datapath {
     ) -> Result<(), DatapathError> {
         let v4 = prefix.is_ipv4();
         let lens = self.lens_mut(list).family(v4);
-        if !lens.contains_key(&prefix.len()) && lens.len() >= MAX_PREFIX_LENS {
+        if !lens.contains_key(&prefix.prefix_len()) && lens.len() >= MAX_PREFIX_LENS {
             return Err(DatapathError::Invalid(format!(
                 "{prefix}: a list can hold at most {MAX_PREFIX_LENS} distinct IPv6 prefix lengths"
             )));
@@ -383,7 +383,7 @@ impl Datapath {
         }?;
         if !existed {
             let lens = self.lens_mut(list).family(v4);
-            let n = lens.entry(prefix.len()).or_default();
+            let n = lens.entry(prefix.prefix_len()).or_default();
             *n += 1;
             if *n == 1 {
                 self.publish(self.config)?;
@@ -418,10 +418,10 @@ impl Datapath {
             _ => unreachable_family(),
         }?;
         let lens = self.lens_mut(list).family(prefix.is_ipv4());
-        if let Some(n) = lens.get_mut(&prefix.len()) {
+        if let Some(n) = lens.get_mut(&prefix.prefix_len()) {
             *n -= 1;
             if *n == 0 {
-                lens.remove(&prefix.len());
+                lens.remove(&prefix.prefix_len());
                 self.publish(self.config)?;
             }
         }
@@ -551,9 +551,9 @@ impl Datapath {
         } else {
             self.config.ban_v6
         };
-        if !lens.as_slice().contains(&prefix.len()) {
+        if !lens.as_slice().contains(&prefix.prefix_len()) {
             let mut v = lens.as_slice().to_vec();
-            v.push(prefix.len());
+            v.push(prefix.prefix_len());
             lens = lens_of(v);
             let v4 = prefix.is_ipv4();
             self.update_config(|c| {

@@ -171,7 +171,7 @@ impl PolicySpec {
                 ));
             }
             let b = self.bytes_burst.unwrap_or(bps);
-            if b < 65535 || b > MAX_BURST {
+            if !(65535..=MAX_BURST).contains(&b) {
                 return Err(format!(
                     "policy '{n}': bytes_burst must be 65535 (one largest packet) to {MAX_BURST}, got {b}"
                 ));

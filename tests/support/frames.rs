@@ -173,10 +173,8 @@ impl FrameBuilder {
 
     fn ipv6(&self, f: &mut Vec<u8>, s: Ipv6Addr, d: Ipv6Addr) {
         let mut chain = self.ipv6_ext.clone();
-        if let Some(_) = self.fragment {
-            if !chain.contains(&44) {
-                chain.push(44);
-            }
+        if self.fragment.is_some() && !chain.contains(&44) {
+            chain.push(44);
         }
         let mut exts = Vec::new();
         for (i, kind) in chain.iter().enumerate() {

@@ -1,1 +1,41 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | test | demo | bench`.
+//! xtask only orchestrates; the work is in the crates and their tests.
+mod cmd;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Rampart project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything the build and tests need (idempotent).
+    Setup,
+    /// Build the `rampart` binary (release), with the XDP program embedded.
+    Build,
+    /// Formatting, lints, unit tests, then the privileged integration tests.
+    Test(test::TestArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build => setup::run().and_then(|()| build()),
+        Task::Test(args) => setup::run().and_then(|()| test::run(&args)),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn build() -> anyhow::Result<()> {
+    cmd::cargo(&["build", "--release", "-p", "rampart"])
+}

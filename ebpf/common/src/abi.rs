@@ -145,9 +145,9 @@ pub const CONFIG_SLOTS: u32 = 2;
 pub struct Config {
     /// [`config_flag`] bits.
     pub flags: u32,
-    /// What to do with an IP packet that cannot be parsed: [`action::DROP`]
-    /// or [`action::PASS`].
-    pub malformed_action: u32,
+    /// Non-zero: let IP packets that cannot be parsed pass. Zero (the value
+    /// of a fresh map) drops them, so an unconfigured program fails closed.
+    pub malformed_pass: u32,
     /// Number of entries of `POLICIES` in use, evaluated in order.
     pub policy_count: u32,
     /// Sample one drop in this many into the ring buffer; 0 turns samples off.

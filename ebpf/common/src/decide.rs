@@ -126,7 +126,7 @@ pub fn decide<T: Tables>(t: &T, cfg: &Config, parsed: &Parsed, len: u32, now: u6
     }
     let Some(pkt) = pkt else {
         return match would {
-            Some(w) if cfg.malformed_action != action::DROP as u32 => dry(w),
+            Some(w) if cfg.malformed_pass != 0 => dry(w),
             _ => malformed(cfg, global_dry),
         };
     };
@@ -176,7 +176,7 @@ fn dry(mut v: Verdict) -> Verdict {
 
 #[inline(always)]
 fn malformed(cfg: &Config, global_dry: bool) -> Verdict {
-    if cfg.malformed_action != action::DROP as u32 {
+    if cfg.malformed_pass != 0 {
         Verdict::new(action::PASS, reason::MALFORMED)
     } else if global_dry {
         Verdict::new(action::WOULD_DROP, reason::MALFORMED)

@@ -12,6 +12,10 @@ pub trait Frame {
     fn read<T: Copy>(&self, off: usize) -> Option<T>;
     /// Length of the frame in bytes.
     fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub const ETH_HLEN: usize = 14;
@@ -159,15 +163,12 @@ fn parse_v6<F: Frame>(f: &F, off: usize) -> Parsed {
     let mut next = first[6];
     let mut off = off + 40;
     let mut walked = 0;
-    loop {
-        match next {
-            ipproto::HOPOPTS
-            | ipproto::ROUTING
-            | ipproto::DSTOPTS
-            | ipproto::AH
-            | ipproto::FRAGMENT => {}
-            _ => break,
-        }
+    while let ipproto::HOPOPTS
+    | ipproto::ROUTING
+    | ipproto::DSTOPTS
+    | ipproto::AH
+    | ipproto::FRAGMENT = next
+    {
         if walked == MAX_IPV6_EXT {
             return Parsed::Malformed(Some(src));
         }
