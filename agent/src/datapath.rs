@@ -20,7 +20,7 @@ use rampart_common::{
         MAX_POLICIES, MAX_PREFIX_LENS, PROGRAM_NAME, Policy, PrefixLens, V4Key, V6Key, map_name,
         stat,
     },
-    decide::List,
+    decide::{BanStarted, List, Tables},
 };
 
 use crate::prefix::Prefix;
@@ -126,6 +126,8 @@ pub struct Datapath {
     allow_lens: LenCounts,
     block_lens: LenCounts,
     capacities: Capacities,
+    /// The policies as last written (what `ReadOnlyView` reads).
+    policy_cache: Vec<Policy>,
 }
 
 /// Names of every map, with the pin file each has under a pin directory.
@@ -222,6 +224,7 @@ impl Datapath {
             allow_lens: LenCounts::default(),
             block_lens: LenCounts::default(),
             capacities,
+            policy_cache: Vec::new(),
         };
         dp.recount_lens()?;
         if dp.config.rate_set_mask == 0 || dp.config.hash_seed == 0 {
@@ -494,6 +497,7 @@ impl Datapath {
                 .set(i as u32, p, 0)
                 .map_err(map_err(map_name::POLICIES))?;
         }
+        self.policy_cache = policies.to_vec();
         let mut v4: Vec<u8> = policies.iter().map(|p| p.v4_prefix.min(32)).collect();
         let mut v6: Vec<u8> = policies.iter().map(|p| p.v6_prefix.min(128)).collect();
         // Bans already recorded stay findable under the lengths they used.
@@ -623,6 +627,67 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// The live maps as the decision code sees them, read-only: rate-table sets
+/// are copied, bans are not written, so asking changes nothing.
+pub struct ReadOnlyView<'a>(pub &'a Datapath);
+
+fn found<V>(r: Result<V, MapError>) -> Option<V> {
+    r.ok()
+}
+
+impl Tables for ReadOnlyView<'_> {
+    fn list_v4(&self, list: List, key: &V4Key) -> Option<ListEntry> {
+        found(match list {
+            List::Allow => self.0.allow_v4.get(key, 0),
+            List::Block => self.0.block_v4.get(key, 0),
+        })
+    }
+
+    fn list_v6(&self, list: List, key: &V6Key) -> Option<ListEntry> {
+        found(match list {
+            List::Allow => self.0.allow_v6.get(key, 0),
+            List::Block => self.0.block_v6.get(key, 0),
+        })
+    }
+
+    fn ban_v4(&self, key: &V4Key) -> Option<BanEntry> {
+        found(self.0.bans_v4.get(key, 0))
+    }
+
+    fn ban_v6(&self, key: &V6Key) -> Option<BanEntry> {
+        found(self.0.bans_v6.get(key, 0))
+    }
+
+    fn offences_v4(&self, key: &V4Key) -> u32 {
+        self.ban_v4(key).map_or(0, |b| b.offences)
+    }
+
+    fn offences_v6(&self, key: &V6Key) -> u32 {
+        self.ban_v6(key).map_or(0, |b| b.offences)
+    }
+
+    fn set_ban_v4(&self, _key: &V4Key, _ban: &BanEntry) -> bool {
+        true
+    }
+
+    fn set_ban_v6(&self, _key: &V6Key, _ban: &BanEntry) -> bool {
+        true
+    }
+
+    fn policy(&self, index: u32) -> Option<&Policy> {
+        self.0.policy_cache.get(index as usize)
+    }
+
+    fn with_rate_set<R>(&self, index: u32, f: impl FnOnce(&mut BucketSet) -> R) -> Option<R> {
+        let mut copy = self.0.rate_sets.get(&index, 0).ok()?;
+        Some(f(&mut copy))
+    }
+
+    fn count(&self, _stat: u32) {}
+
+    fn ban_started(&self, _ban: &BanStarted) {}
 }
 
 fn lens_of(mut v: Vec<u8>) -> PrefixLens {

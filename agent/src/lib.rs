@@ -1,5 +1,20 @@
 //! The Rampart agent and CLI as a library, so integration tests drive the
 //! same code the binary runs.
+pub mod api;
+pub mod attach;
+pub mod audit;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod core;
+pub mod daemon;
 pub mod datapath;
+pub mod explain;
+pub mod host;
+pub mod metrics;
+pub mod persist;
 pub mod policy;
 pub mod prefix;
+pub mod top;

@@ -1,0 +1,512 @@
+//! The agent's configuration: one TOML file, validated whole before anything
+//! is applied. Errors name the file, line and key, what was wrong and what is
+//! allowed; unknown keys are errors.
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::{datapath::Capacities, policy::PolicySpec, prefix::Prefix};
+
+/// The configuration used when the config file does not exist.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+pub const DEFAULT_PATH: &str = "/etc/rampart/rampart.toml";
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub control: ControlSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub events: EventsSection,
+    #[serde(default)]
+    pub capacity: Capacities,
+    #[serde(default)]
+    pub protected: ProtectedSection,
+    #[serde(default)]
+    pub allowlist: ListSection,
+    #[serde(default)]
+    pub blocklist: ListSection,
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<Spanned<PolicySpec>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Malformed {
+    #[default]
+    Drop,
+    Pass,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    pub interfaces: Vec<String>,
+    pub attach_mode: AttachMode,
+    pub dry_run: bool,
+    pub malformed: Malformed,
+    pub state_dir: PathBuf,
+    pub log_format: LogFormat,
+    /// Where maps and links are pinned (a versioned directory below it).
+    pub bpffs: PathBuf,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            attach_mode: AttachMode::Auto,
+            dry_run: false,
+            malformed: Malformed::Drop,
+            state_dir: PathBuf::from("/var/lib/rampart"),
+            log_format: LogFormat::Text,
+            bpffs: PathBuf::from("/sys/fs/bpf/rampart"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    pub socket: PathBuf,
+    /// Octal permission bits of the socket, e.g. "0660".
+    pub socket_mode: String,
+    /// The group (besides root) allowed to use the socket.
+    pub socket_group: String,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/rampart/rampart.sock"),
+            socket_mode: "0660".into(),
+            socket_group: "rampart".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub listen: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9717".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSection {
+    pub sample_every: u32,
+    pub max_per_second: u32,
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        Self {
+            sample_every: 64,
+            max_per_second: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtectedSection {
+    pub include_host_addresses: bool,
+    pub ranges: Vec<Spanned<String>>,
+}
+
+impl Default for ProtectedSection {
+    fn default() -> Self {
+        Self {
+            include_host_addresses: true,
+            ranges: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListSection {
+    pub entries: Vec<Spanned<String>>,
+    pub dry_run: bool,
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file, self.line, self.key, self.message
+            )
+        }
+    }
+}
+
+/// All problems found in a config file, one per line when displayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A validated configuration and its parsed values.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    pub config: Config,
+    pub source: String,
+    pub allowlist: Vec<Prefix>,
+    pub blocklist: Vec<Prefix>,
+    pub protected: Vec<Prefix>,
+    pub metrics_addr: SocketAddr,
+    pub socket_mode: u32,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Loads the config file, or the embedded default when `path` does not exist.
+pub fn load(path: &Path) -> Result<Validated, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &path.display().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            parse(EMBEDDED_DEFAULT, "<embedded default>")
+        }
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }])),
+    }
+}
+
+/// Parses and validates a config text; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Validated, ConfigErrors> {
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(0, |s| line_of(text, s.start));
+        ConfigErrors(vec![ConfigError {
+            file: file.into(),
+            line,
+            key: String::new(),
+            message: e.message().trim().to_string(),
+        }])
+    })?;
+    let mut errors = Vec::new();
+    let mut err = |span: std::ops::Range<usize>, key: String, message: String| {
+        errors.push(ConfigError {
+            file: file.into(),
+            line: line_of(text, span.start),
+            key,
+            message,
+        });
+    };
+    let prefixes =
+        |list: &[Spanned<String>],
+         key: &str,
+         err: &mut dyn FnMut(std::ops::Range<usize>, String, String)| {
+            let mut out = Vec::new();
+            for (i, e) in list.iter().enumerate() {
+                match e.get_ref().parse::<Prefix>() {
+                    Ok(p) => out.push(p),
+                    Err(m) => err(e.span(), format!("{key}[{i}]"), m.to_string()),
+                }
+            }
+            out
+        };
+    let allowlist = prefixes(&config.allowlist.entries, "allowlist.entries", &mut err);
+    let blocklist = prefixes(&config.blocklist.entries, "blocklist.entries", &mut err);
+    let protected = prefixes(&config.protected.ranges, "protected.ranges", &mut err);
+    let caps = config.capacity;
+    let v4 = blocklist.iter().filter(|p| p.is_ipv4()).count() as u64;
+    if v4 > u64::from(caps.block_v4) {
+        err(
+            0..0,
+            "blocklist.entries".into(),
+            format!(
+                "{v4} IPv4 entries exceed capacity.block_v4 = {}",
+                caps.block_v4
+            ),
+        );
+    }
+    let v6 = blocklist.len() as u64 - v4;
+    if v6 > u64::from(caps.block_v6) {
+        err(
+            0..0,
+            "blocklist.entries".into(),
+            format!(
+                "{v6} IPv6 entries exceed capacity.block_v6 = {}",
+                caps.block_v6
+            ),
+        );
+    }
+    let a4 = allowlist.iter().filter(|p| p.is_ipv4()).count() as u64;
+    if a4 > u64::from(caps.allow_v4) || allowlist.len() as u64 - a4 > u64::from(caps.allow_v6) {
+        err(
+            0..0,
+            "allowlist.entries".into(),
+            format!(
+                "the allowlist exceeds capacity.allow_v4/allow_v6 ({}/{})",
+                caps.allow_v4, caps.allow_v6
+            ),
+        );
+    }
+    for (name, value) in [
+        ("capacity.allow_v4", caps.allow_v4),
+        ("capacity.allow_v6", caps.allow_v6),
+        ("capacity.block_v4", caps.block_v4),
+        ("capacity.block_v6", caps.block_v6),
+        ("capacity.bans_v4", caps.bans_v4),
+        ("capacity.bans_v6", caps.bans_v6),
+    ] {
+        if !(1..=1 << 24).contains(&value) {
+            err(
+                0..0,
+                name.into(),
+                format!("must be 1 to 16777216, got {value}"),
+            );
+        }
+    }
+    if !(1..=1 << 22).contains(&caps.rate_sets) {
+        err(
+            0..0,
+            "capacity.rate_sets".into(),
+            format!("must be 1 to 4194304, got {}", caps.rate_sets),
+        );
+    }
+    let mut abi_count = 0;
+    let mut names = std::collections::HashSet::new();
+    for (i, p) in config.policies.iter().enumerate() {
+        let spec = p.get_ref();
+        if let Err(m) = spec.validate() {
+            err(p.span(), format!("policy[{i}]"), m);
+        }
+        if !names.insert(spec.name.clone()) {
+            err(
+                p.span(),
+                format!("policy[{i}].name"),
+                format!(
+                    "'{}' is used by an earlier policy; names must be unique",
+                    spec.name
+                ),
+            );
+        }
+        abi_count += spec.to_abi().len();
+    }
+    if abi_count > rampart_common::abi::MAX_POLICIES as usize {
+        err(
+            0..0,
+            "policy".into(),
+            format!(
+                "{abi_count} policy entries (one per port range) exceed the maximum of {}",
+                rampart_common::abi::MAX_POLICIES
+            ),
+        );
+    }
+    let metrics_addr = match config.metrics.listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            err(
+                0..0,
+                "metrics.listen".into(),
+                format!(
+                    "'{}' is not an address:port (e.g. 0.0.0.0:9717)",
+                    config.metrics.listen
+                ),
+            );
+            None
+        }
+    };
+    let socket_mode = match u32::from_str_radix(
+        config.control.socket_mode.trim_start_matches("0o"),
+        8,
+    ) {
+        Ok(m) if m <= 0o777 && m & 0o007 == 0 => Some(m),
+        _ => {
+            err(
+                0..0,
+                "control.socket_mode".into(),
+                format!(
+                    "'{}' must be octal permission bits without access for others (e.g. 0660 or 0600)",
+                    config.control.socket_mode
+                ),
+            );
+            None
+        }
+    };
+    if config.events.sample_every > 0 && config.events.max_per_second == 0 {
+        err(
+            0..0,
+            "events.max_per_second".into(),
+            "must be at least 1 while sampling is on (set sample_every = 0 to turn sampling off)"
+                .into(),
+        );
+    }
+    for (i, iface) in config.agent.interfaces.iter().enumerate() {
+        if iface.is_empty()
+            || iface.len() > 15
+            || iface.contains('/')
+            || iface.contains(char::is_whitespace)
+        {
+            err(
+                0..0,
+                format!("agent.interfaces[{i}]"),
+                format!(
+                    "'{iface}' is not an interface name (1 to 15 characters, no '/' or spaces)"
+                ),
+            );
+        }
+    }
+    // Section-level errors have no span of their own: point at the key's line.
+    for e in &mut errors {
+        if e.line == 1 && !e.key.is_empty() {
+            let leaf = e
+                .key
+                .split('.')
+                .next_back()
+                .unwrap_or("")
+                .split('[')
+                .next()
+                .unwrap_or("");
+            if let Some(pos) = text
+                .find(&format!("{leaf} ="))
+                .or_else(|| text.find(&format!("{leaf}=")))
+            {
+                e.line = line_of(text, pos);
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Validated {
+        metrics_addr: metrics_addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9717))),
+        socket_mode: socket_mode.unwrap_or(0o660),
+        source: text.to_string(),
+        allowlist,
+        blocklist,
+        protected,
+        config,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        let v = parse(EMBEDDED_DEFAULT, "default").unwrap();
+        assert_eq!(v.config.policies.len(), 1);
+        assert!(v.config.protected.include_host_addresses);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_line_numbers() {
+        let e = parse("[agent]\ndry_run = true\nbogus = 1\n", "f.toml").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("f.toml:3:"), "{s}");
+        assert!(s.contains("unknown field `bogus`"), "{s}");
+    }
+
+    #[test]
+    fn bad_entries_name_line_key_and_fix() {
+        let text = "[blocklist]\nentries = [\n  \"192.0.2.1\",\n  \"10.1.2.3/8\",\n]\n";
+        let e = parse(text, "f.toml").unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.0[0].line, 4);
+        assert_eq!(e.0[0].key, "blocklist.entries[1]");
+        assert!(e.0[0].message.contains("10.0.0.0/8"), "{}", e.0[0].message);
+    }
+
+    #[test]
+    fn policy_errors_point_at_the_policy() {
+        let text = "[agent]\n\n[[policy]]\nname = \"a\"\npps = 0\n";
+        let e = parse(text, "f.toml").unwrap_err();
+        assert_eq!(e.0[0].key, "policy[0]");
+        assert!(e.0[0].message.contains("pps must be 1"), "{e}");
+        assert_eq!(e.0[0].line, 3);
+    }
+
+    #[test]
+    fn wrong_types_and_values_are_reported() {
+        for (text, needle) in [
+            (
+                "[agent]\nattach_mode = \"turbo\"\n",
+                "unknown variant `turbo`",
+            ),
+            ("[metrics]\nlisten = \"nope\"\n", "metrics.listen"),
+            ("[control]\nsocket_mode = \"0666\"\n", "control.socket_mode"),
+            ("[capacity]\nblock_v4 = 0\n", "capacity.block_v4"),
+            (
+                "[[policy]]\nname = \"a\"\npps = 10\n[[policy]]\nname = \"a\"\npps = 10\n",
+                "names must be unique",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\npps = 10\nports = [\"90-80\"]\n",
+                "reversed",
+            ),
+        ] {
+            let e = parse(text, "f.toml").unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,539 @@
+//! The control API (HTTP/1.1 + JSON on a Unix socket, /v1/...) and the
+//! metrics endpoint (TCP: /metrics, /healthz, /readyz, GET only).
+//!
+//! Every request is answered: malformed JSON, unknown paths and oversized
+//! bodies get a 4xx with a message. Changes are audited with the peer's uid
+//! and pid (SO_PEERCRED).
+use std::{net::IpAddr, os::unix::fs::PermissionsExt, sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use axum::{
+    Json, Router,
+    extract::{
+        ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State,
+        connect_info::Connected, rejection::JsonRejection,
+    },
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    serve::IncomingStream,
+};
+use rampart_common::abi::{action, counter_index, reason};
+use serde::Deserialize;
+use tokio::{net::UnixListener, task::JoinHandle};
+
+use crate::{
+    api::{
+        self, AddRequest, ApiError, BansDelRequest, Changed, DelRequest, StatRow, Status, TableFill,
+    },
+    core::CoreError,
+    daemon::{Shared, lock, reload, save_state},
+    persist::ListKind,
+    policy::Protocol,
+};
+
+/// Largest request body, except imports.
+const BODY_LIMIT: usize = 1 << 20;
+/// Imports carry whole lists.
+const IMPORT_LIMIT: usize = 256 << 20;
+
+#[derive(Clone, Debug)]
+struct Peer {
+    uid: Option<u32>,
+    pid: Option<i32>,
+}
+
+impl Connected<IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        let cred = stream.io().peer_cred().ok();
+        Self {
+            uid: cred.map(|c| c.uid()),
+            pid: cred.and_then(|c| c.pid()),
+        }
+    }
+}
+
+type Shr = State<Arc<Shared>>;
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(ApiError { error: msg.into() })).into_response()
+}
+
+fn core_error(e: CoreError) -> Response {
+    match e {
+        CoreError::Refused(m) => error(StatusCode::CONFLICT, m),
+        CoreError::Datapath(d) => error(StatusCode::INTERNAL_SERVER_ERROR, d.to_string()),
+    }
+}
+
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the HTTP response to send, built once per request"
+)]
+fn list_kind(s: &str) -> Result<ListKind, Response> {
+    match s {
+        "block" => Ok(ListKind::Block),
+        "allow" => Ok(ListKind::Allow),
+        other => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no list '{other}' (lists: block, allow)"),
+        )),
+    }
+}
+
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the HTTP response to send, built once per request"
+)]
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+    b.map(|Json(v)| v)
+        .map_err(|e| error(e.status(), format!("bad request body: {}", e.body_text())))
+}
+
+/// Records a change in the audit log and returns the response.
+fn audited(
+    shared: &Shared,
+    peer: &Peer,
+    action: &str,
+    args: serde_json::Value,
+    resp: Response,
+) -> Response {
+    let result = if resp.status().is_success() {
+        "ok".to_string()
+    } else {
+        format!("refused ({})", resp.status().as_u16())
+    };
+    if let Err(e) = shared
+        .audit
+        .record(peer.uid, peer.pid, action, &args, &result)
+    {
+        tracing::error!("cannot write the audit log: {e}");
+    }
+    resp
+}
+
+/// Binds the control socket: mode and group from the config, a stale socket
+/// replaced, a live one (another agent) refused.
+pub async fn start(shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
+    let (path, mode, group) = {
+        let core = lock(&shared.core);
+        (
+            core.cfg.config.control.socket.clone(),
+            core.cfg.socket_mode,
+            core.cfg.config.control.socket_group.clone(),
+        )
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            bail!("another agent is serving {}; stop it first", path.display());
+        }
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    match group_id(&group) {
+        Some(gid) => {
+            std::os::unix::fs::chown(&path, Some(0), Some(gid))
+                .with_context(|| format!("giving {} to group {group}", path.display()))?;
+        }
+        None => {
+            tracing::warn!(group = %group, "socket group does not exist; only root can use the control socket")
+        }
+    }
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/lists/{list}", get(list_entries))
+        .route("/v1/lists/{list}/add", post(list_add))
+        .route("/v1/lists/{list}/del", post(list_del))
+        .route(
+            "/v1/lists/{list}/import",
+            post(list_add).layer(DefaultBodyLimit::max(IMPORT_LIMIT)),
+        )
+        .route("/v1/bans", get(bans))
+        .route("/v1/bans/del", post(bans_del))
+        .route("/v1/stats", get(stats))
+        .route("/v1/top", get(top))
+        .route("/v1/explain", get(explain))
+        .route("/v1/reload", post(reload_handler))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "unknown path (the API lives under /v1/)",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            count_requests,
+        ))
+        .with_state(shared);
+    tracing::info!(socket = %path.display(), mode = format!("{mode:o}"), group = %group, "control socket listening");
+    Ok(tokio::spawn(async move {
+        if let Err(e) =
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
+        {
+            tracing::error!("control socket stopped: {e}");
+        }
+    }))
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam with a valid name; the result is read at once.
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    // SAFETY: non-null results point to a valid group entry.
+    (!g.is_null()).then(|| unsafe { (*g).gr_gid })
+}
+
+async fn count_requests(State(shared): Shr, req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unknown", |p| p.as_str())
+        .to_string();
+    let resp = next.run(req).await;
+    shared
+        .metrics
+        .control_requests
+        .with_label_values(&[&endpoint, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+async fn status(State(s): Shr) -> Response {
+    let core = lock(&s.core);
+    let caps = core.dp.capacities();
+    let (a4, a6) = core.dp.list_len(rampart_common::decide::List::Allow);
+    let (b4, b6) = core.dp.list_len(rampart_common::decide::List::Block);
+    let bans = core.dp.bans().unwrap_or_default();
+    let b4n = bans.iter().filter(|(p, _)| p.is_ipv4()).count() as u64;
+    let fill = |t: &str, e: u64, c: u32| TableFill {
+        table: t.into(),
+        entries: e,
+        capacity: u64::from(c),
+    };
+    let tables = vec![
+        fill("allow_v4", a4, caps.allow_v4),
+        fill("allow_v6", a6, caps.allow_v6),
+        fill("block_v4", b4, caps.block_v4),
+        fill("block_v6", b6, caps.block_v6),
+        fill("bans_v4", b4n, caps.bans_v4),
+        fill("bans_v6", bans.len() as u64 - b4n, caps.bans_v6),
+        fill(
+            "policies",
+            u64::from(core.dp.config().policy_count),
+            rampart_common::abi::MAX_POLICIES,
+        ),
+    ];
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_secs: core.started.elapsed().as_secs(),
+        config_file: s.config_path.display().to_string(),
+        dry_run: core.cfg.config.agent.dry_run,
+        interfaces: lock(&s.ifaces).clone(),
+        tables,
+        reload: core.reload.clone(),
+        state_error: lock(&s.state_error).clone(),
+    })
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct MatchQuery {
+    #[serde(rename = "match")]
+    matching: Option<String>,
+}
+
+async fn list_entries(
+    State(s): Shr,
+    Path(list): Path<String>,
+    Query(q): Query<MatchQuery>,
+) -> Response {
+    let kind = match list_kind(&list) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let ip = match q.matching.as_deref().map(str::parse::<IpAddr>) {
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "match must be an IP address"),
+        Some(Ok(ip)) => Some(ip),
+        None => None,
+    };
+    Json(lock(&s.core).rows(kind, ip)).into_response()
+}
+
+async fn list_add(
+    State(s): Shr,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(list): Path<String>,
+    req: Result<Json<AddRequest>, JsonRejection>,
+) -> Response {
+    let kind = match list_kind(&list) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let req = match body(req) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if req.ttl_secs == Some(0) {
+        return error(StatusCode::BAD_REQUEST, "ttl must be positive");
+    }
+    let args = serde_json::json!({"list": list, "count": req.prefixes.len(),
+        "prefixes": req.prefixes.iter().take(100).map(ToString::to_string).collect::<Vec<_>>(),
+        "ttl_secs": req.ttl_secs, "reason": req.reason});
+    let shared = s.clone();
+    let resp = tokio::task::spawn_blocking(move || {
+        let r = lock(&shared.core).add(
+            kind,
+            &req.prefixes,
+            req.ttl_secs.map(Duration::from_secs),
+            req.reason,
+            "cli",
+        );
+        match r {
+            Ok(()) => {
+                save_state(&shared);
+                Json(Changed {
+                    changed: req.prefixes.len(),
+                })
+                .into_response()
+            }
+            Err(e) => core_error(e),
+        }
+    })
+    .await
+    .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "the request failed"));
+    audited(&s, &peer, &format!("{list}.add"), args, resp)
+}
+
+async fn list_del(
+    State(s): Shr,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(list): Path<String>,
+    req: Result<Json<DelRequest>, JsonRejection>,
+) -> Response {
+    let kind = match list_kind(&list) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let req = match body(req) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let args = serde_json::json!({"list": list, "prefixes": req.prefixes.iter().map(ToString::to_string).collect::<Vec<_>>()});
+    let r = lock(&s.core).remove(kind, &req.prefixes);
+    let resp = match r {
+        Ok(n) => {
+            save_state(&s);
+            Json(Changed { changed: n }).into_response()
+        }
+        Err(e) => core_error(e),
+    };
+    audited(&s, &peer, &format!("{list}.del"), args, resp)
+}
+
+async fn bans(State(s): Shr) -> Response {
+    match lock(&s.core).bans() {
+        Ok(b) => Json::<api::Bans>(b).into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
+async fn bans_del(
+    State(s): Shr,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: Result<Json<BansDelRequest>, JsonRejection>,
+) -> Response {
+    let req = match body(req) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if req.all != req.prefixes.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give either prefixes or all, not both or neither",
+        );
+    }
+    let args = serde_json::json!({"all": req.all, "prefixes": req.prefixes.iter().map(ToString::to_string).collect::<Vec<_>>()});
+    let r = {
+        let mut core = lock(&s.core);
+        if req.all {
+            core.unban_all()
+        } else {
+            core.unban(&req.prefixes)
+        }
+    };
+    let resp = match r {
+        Ok(n) => {
+            save_state(&s);
+            Json(Changed { changed: n }).into_response()
+        }
+        Err(e) => core_error(e),
+    };
+    audited(&s, &peer, "bans.del", args, resp)
+}
+
+async fn stats(State(s): Shr) -> Response {
+    let slots = lock(&s.slots).clone();
+    let core = lock(&s.core);
+    let counters = match core.dp.counters() {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut rows = Vec::new();
+    for (slot, name) in slots
+        .iter()
+        .cloned()
+        .chain(std::iter::once((0, "other".to_string())))
+    {
+        for a in 0..action::COUNT as u8 {
+            for r in 0..reason::COUNT as u8 {
+                let c = counters[counter_index(slot, a, r) as usize];
+                if c.packets > 0 {
+                    rows.push(StatRow {
+                        interface: name.clone(),
+                        action: action::NAMES[a as usize].into(),
+                        reason: reason::NAMES[r as usize].into(),
+                        packets: c.packets,
+                        bytes: c.bytes,
+                    });
+                }
+            }
+        }
+    }
+    Json(rows).into_response()
+}
+
+#[derive(Deserialize)]
+struct TopQuery {
+    n: Option<usize>,
+}
+
+async fn top(State(s): Shr, Query(q): Query<TopQuery>) -> Response {
+    Json(lock(&s.top).top(q.n.unwrap_or(10).min(1000))).into_response()
+}
+
+#[derive(Deserialize)]
+struct ExplainQuery {
+    ip: String,
+    proto: Option<String>,
+    port: Option<u16>,
+}
+
+async fn explain(
+    State(s): Shr,
+    q: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected ?ip=ADDRESS[&proto=tcp|udp|icmp][&port=N]",
+        );
+    };
+    let Ok(ip) = q.ip.parse::<IpAddr>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("'{}' is not an IP address", q.ip),
+        );
+    };
+    let proto = match q.proto.as_deref().unwrap_or("tcp") {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        "icmp" => Protocol::Icmp,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("protocol '{other}' is not one of tcp, udp, icmp"),
+            );
+        }
+    };
+    let core = lock(&s.core);
+    Json(crate::explain::explain(
+        &core,
+        ip,
+        proto,
+        q.port.unwrap_or(443),
+    ))
+    .into_response()
+}
+
+async fn reload_handler(State(s): Shr, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
+    let shared = s.clone();
+    let r = tokio::task::spawn_blocking(move || reload(&shared, "control socket")).await;
+    let resp = match r {
+        Ok(Ok(())) => Json(Changed { changed: 1 }).into_response(),
+        Ok(Err(errs)) => error(StatusCode::UNPROCESSABLE_ENTITY, errs.join("\n")),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload failed"),
+    };
+    audited(&s, &peer, "reload", serde_json::json!({}), resp)
+}
+
+/// The metrics server: GET /metrics, /healthz, /readyz and nothing else.
+pub async fn start_metrics(shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
+    let addr = lock(&shared.core).cfg.metrics_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: /metrics, /healthz and /readyz are served here\n",
+            )
+        })
+        .layer(DefaultBodyLimit::max(1024))
+        .with_state(shared);
+    tracing::info!(%addr, "metrics listening");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics server stopped: {e}");
+        }
+    }))
+}
+
+async fn metrics(State(s): Shr) -> Response {
+    let shared = s.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        let slots = lock(&shared.slots).clone();
+        let ifaces = lock(&shared.ifaces).clone();
+        let core = lock(&shared.core);
+        shared.metrics.render(&core, &slots, &ifaces)
+    })
+    .await
+    .unwrap_or_default();
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Ready: attached on every configured interface, and the maps answer.
+async fn readyz(State(s): Shr) -> Response {
+    let ifaces = lock(&s.ifaces).clone();
+    let maps_ok = lock(&s.core).dp.stats().is_ok();
+    let missing: Vec<String> = ifaces
+        .iter()
+        .filter(|i| !i.attached)
+        .map(|i| i.name.clone())
+        .collect();
+    if !maps_ok {
+        return (StatusCode::SERVICE_UNAVAILABLE, "maps do not answer\n").into_response();
+    }
+    if ifaces.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no interface to protect\n").into_response();
+    }
+    if !missing.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not attached: {}\n", missing.join(", ")),
+        )
+            .into_response();
+    }
+    "ready\n".into_response()
+}

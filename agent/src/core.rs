@@ -1,0 +1,600 @@
+//! The agent's state and every change to it. The daemon, the control API and
+//! the reload path all go through here, so a rule is enforced in one place:
+//! validate everything first, then change the kernel, config entries before
+//! removals, never an empty moment.
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use rampart_common::{
+    abi::{BanEntry, Config as KernelConfig, ListEntry, Policy, config_flag, entry_flag},
+    decide::List,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    clock,
+    config::{Malformed, Validated},
+    datapath::{Datapath, DatapathError},
+    host,
+    persist::{ListKind, SavedBan, SavedEntry, State},
+    prefix::Prefix,
+};
+
+/// Origin ids stored in kernel entries (for `explain` and counters).
+pub mod origin_id {
+    pub const CONFIG: u32 = 1;
+    pub const CLI: u32 = 2;
+    pub const FEED: u32 = 3;
+    pub const PROTECTED: u32 = 4;
+}
+
+/// A runtime (CLI or feed) entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeEntry {
+    pub origin: String,
+    pub expires: Option<u64>,
+    pub reason: Option<String>,
+    pub added: u64,
+}
+
+/// Why an entry is in a list; it stays while any source remains.
+#[derive(Clone, Debug, Default)]
+struct Sources {
+    config: bool,
+    protected: bool,
+    runtime: Option<RuntimeEntry>,
+}
+
+impl Sources {
+    fn is_empty(&self) -> bool {
+        !self.config && !self.protected && self.runtime.is_none()
+    }
+}
+
+/// One row of `block list` / `allow list`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EntryRow {
+    pub prefix: Prefix,
+    /// config, protected, cli or feed:NAME (several when listed by several).
+    pub origin: Vec<String>,
+    /// Unix seconds; None never expires.
+    pub expires: Option<u64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BanRow {
+    pub prefix: Prefix,
+    pub expires: u64,
+    pub offences: u32,
+    pub policy: String,
+    pub active: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+/// Result of the last reload, for `status` and metrics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    pub last_result: String,
+    pub last_attempt: u64,
+    pub last_success: u64,
+    pub errors: Vec<String>,
+    pub ok_total: u64,
+    pub failed_total: u64,
+}
+
+pub struct Core {
+    pub dp: Datapath,
+    pub cfg: Validated,
+    entries: BTreeMap<(ListKind, Prefix), Sources>,
+    protected: Vec<Prefix>,
+    pub reload: ReloadStatus,
+    pub started: Instant,
+    /// Set when runtime state changed and the state file is behind.
+    pub dirty: bool,
+    pub refused_total: u64,
+    pub policy_names: Vec<String>,
+}
+
+fn list_of(kind: ListKind) -> List {
+    match kind {
+        ListKind::Allow => List::Allow,
+        ListKind::Block => List::Block,
+    }
+}
+
+impl Core {
+    /// Takes over a loaded data plane: rebuilds the registry from config and
+    /// state, then applies the config.
+    pub fn new(dp: Datapath, cfg: Validated) -> Result<Self, CoreError> {
+        let mut core = Self {
+            dp,
+            cfg: cfg.clone(),
+            entries: BTreeMap::new(),
+            protected: Vec::new(),
+            reload: ReloadStatus::default(),
+            started: Instant::now(),
+            dirty: false,
+            refused_total: 0,
+            policy_names: Vec::new(),
+        };
+        core.apply(cfg, true)?;
+        // Entries in the maps (re-adopted pins) that no source claims were
+        // runtime entries of an earlier run: the state file restores them;
+        // whatever it does not is dropped by `forget_unclaimed`.
+        Ok(core)
+    }
+
+    pub fn protected(&self) -> &[Prefix] {
+        &self.protected
+    }
+
+    fn protected_hit(&self, p: &Prefix) -> Option<Prefix> {
+        self.protected.iter().find(|r| r.overlaps(p)).copied()
+    }
+
+    /// Applies a validated config. `initial`: at start-up (capacity is what
+    /// the maps were created with, so any value is accepted).
+    pub fn apply(&mut self, new: Validated, initial: bool) -> Result<(), CoreError> {
+        if !initial && new.config.capacity != self.cfg.config.capacity {
+            return Err(CoreError::Refused(
+                "capacity settings changed: table sizes are fixed when the maps are created; restart the agent with `rampart agent --replace-maps` to apply them (runtime entries are restored from the state file)".into(),
+            ));
+        }
+        let mut protected: Vec<Prefix> = new.protected.clone();
+        if new.config.protected.include_host_addresses {
+            for a in host::addresses() {
+                if !protected.contains(&a) {
+                    protected.push(a);
+                }
+            }
+        }
+        // Refuse a config whose blocklist would lock the host out.
+        let mut lockouts = Vec::new();
+        for b in &new.blocklist {
+            if let Some(r) = protected.iter().find(|r| r.overlaps(b)) {
+                lockouts.push(format!("blocklist entry {b} overlaps protected range {r}"));
+            }
+        }
+        if !lockouts.is_empty() {
+            self.refused_total += lockouts.len() as u64;
+            return Err(CoreError::Refused(format!(
+                "{}; protected addresses can never be blocked (remove the entry or narrow it)",
+                lockouts.join("; ")
+            )));
+        }
+
+        // Kernel-wide settings first, so new entries meet the new dry-run.
+        let c = &new.config;
+        self.dp.update_config(|k: &mut KernelConfig| {
+            k.flags = if c.agent.dry_run {
+                config_flag::DRY_RUN
+            } else {
+                0
+            };
+            k.malformed_pass = u32::from(c.agent.malformed == Malformed::Pass);
+            k.sample_every = c.events.sample_every;
+            k.sample_cap_per_sec = c.events.max_per_second;
+        })?;
+        let old_dry = self.cfg.config.blocklist.dry_run;
+        self.cfg = new;
+
+        // Additions before removals: no moment with a list missing entries.
+        let mut want: HashMap<(ListKind, Prefix), (bool, bool)> = HashMap::new();
+        for p in &self.cfg.allowlist {
+            want.entry((ListKind::Allow, *p)).or_default().0 = true;
+        }
+        for p in &protected {
+            want.entry((ListKind::Allow, *p)).or_default().1 = true;
+        }
+        for p in &self.cfg.blocklist {
+            want.entry((ListKind::Block, *p)).or_default().0 = true;
+        }
+        for (key, (config, prot)) in &want {
+            let s = self.entries.entry(*key).or_default();
+            s.config = *config;
+            s.protected = *prot;
+        }
+        let dry_changed = old_dry != self.cfg.config.blocklist.dry_run;
+        let keys: Vec<_> = self.entries.keys().copied().collect();
+        for key in &keys {
+            if want.contains_key(key) || (dry_changed && key.0 == ListKind::Block) {
+                self.sync(*key)?;
+            }
+        }
+        for key in keys {
+            if !want.contains_key(&key) {
+                if let Some(s) = self.entries.get_mut(&key) {
+                    if s.config || s.protected {
+                        s.config = false;
+                        s.protected = false;
+                        self.sync(key)?;
+                    }
+                }
+            }
+        }
+        self.protected = protected;
+
+        // Policies keep their index, so unchanged ones keep their buckets.
+        let mut abi: Vec<Policy> = Vec::new();
+        let mut names = Vec::new();
+        for p in &self.cfg.config.policies {
+            for e in p.get_ref().to_abi() {
+                abi.push(e);
+                names.push(p.get_ref().name.clone());
+            }
+        }
+        self.dp.set_policies(&abi)?;
+        self.policy_names = names;
+        Ok(())
+    }
+
+    /// Makes the kernel entry for `key` match its sources.
+    fn sync(&mut self, key: (ListKind, Prefix)) -> Result<(), CoreError> {
+        let list = list_of(key.0);
+        let Some(s) = self.entries.get(&key) else {
+            return Ok(());
+        };
+        if s.is_empty() {
+            self.dp.list_remove(list, &key.1)?;
+            self.entries.remove(&key);
+            return Ok(());
+        }
+        let permanent = s.config || s.protected;
+        let (expires_ns, origin) = match (&s.runtime, permanent) {
+            (_, true) => (
+                0,
+                if s.protected {
+                    origin_id::PROTECTED
+                } else {
+                    origin_id::CONFIG
+                },
+            ),
+            (Some(r), false) => (
+                r.expires.map_or(0, clock::mono_deadline),
+                if r.origin.starts_with("feed:") {
+                    origin_id::FEED
+                } else {
+                    origin_id::CLI
+                },
+            ),
+            (None, false) => (0, origin_id::CONFIG),
+        };
+        let dry = key.0 == ListKind::Block && self.cfg.config.blocklist.dry_run;
+        let entry = ListEntry {
+            expires_ns,
+            origin,
+            flags: if dry { entry_flag::DRY_RUN } else { 0 },
+        };
+        self.dp.list_insert(list, &key.1, entry)?;
+        Ok(())
+    }
+
+    /// Adds runtime entries. All are checked first; one refusal changes nothing.
+    pub fn add(
+        &mut self,
+        kind: ListKind,
+        prefixes: &[Prefix],
+        ttl: Option<Duration>,
+        reason: Option<String>,
+        origin: &str,
+    ) -> Result<(), CoreError> {
+        if kind == ListKind::Block {
+            let hits: Vec<String> = prefixes
+                .iter()
+                .filter_map(|p| {
+                    self.protected_hit(p)
+                        .map(|r| format!("{p} (protected range {r})"))
+                })
+                .collect();
+            if !hits.is_empty() {
+                self.refused_total += hits.len() as u64;
+                return Err(CoreError::Refused(format!(
+                    "refusing to block protected addresses: {}. Protected ranges are the host's own addresses and [protected] ranges in the config; they can never be blocked or banned",
+                    hits.join(", ")
+                )));
+            }
+        }
+        let (cap4, cap6, (n4, n6)) = match kind {
+            ListKind::Allow => {
+                let c = self.dp.capacities();
+                (c.allow_v4, c.allow_v6, self.dp.list_len(List::Allow))
+            }
+            ListKind::Block => {
+                let c = self.dp.capacities();
+                (c.block_v4, c.block_v6, self.dp.list_len(List::Block))
+            }
+        };
+        let new: Vec<&Prefix> = prefixes
+            .iter()
+            .filter(|p| !self.entries.contains_key(&(kind, **p)))
+            .collect();
+        let add4 = new.iter().filter(|p| p.is_ipv4()).count() as u64;
+        let add6 = new.len() as u64 - add4;
+        if n4 + add4 > u64::from(cap4) || n6 + add6 > u64::from(cap6) {
+            return Err(CoreError::Refused(format!(
+                "the {kind:?} list is full: {n4}/{cap4} IPv4 and {n6}/{cap6} IPv6 entries, {add4}+{add6} more requested; nothing was added (raise [capacity] and restart, or remove entries)"
+            )));
+        }
+        let expires = ttl.map(|t| clock::unix_now() + t.as_secs().max(1));
+        let now = clock::unix_now();
+        for p in prefixes {
+            let s = self.entries.entry((kind, *p)).or_default();
+            s.runtime = Some(RuntimeEntry {
+                origin: origin.to_string(),
+                expires,
+                reason: reason.clone(),
+                added: now,
+            });
+            self.sync((kind, *p))?;
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Removes runtime entries. Entries that only the config holds are
+    /// refused: the next reload would bring them back.
+    pub fn remove(&mut self, kind: ListKind, prefixes: &[Prefix]) -> Result<usize, CoreError> {
+        let mut problems = Vec::new();
+        for p in prefixes {
+            match self.entries.get(&(kind, *p)) {
+                None => problems.push(format!("{p} is not on the list")),
+                Some(s) if s.runtime.is_none() => problems.push(format!(
+                    "{p} comes from the config file ({}); remove it there and reload",
+                    if s.protected {
+                        "protected ranges"
+                    } else {
+                        "lists"
+                    }
+                )),
+                Some(_) => {}
+            }
+        }
+        if !problems.is_empty() {
+            return Err(CoreError::Refused(problems.join("; ")));
+        }
+        for p in prefixes {
+            if let Some(s) = self.entries.get_mut(&(kind, *p)) {
+                s.runtime = None;
+            }
+            self.sync((kind, *p))?;
+        }
+        self.dirty = true;
+        Ok(prefixes.len())
+    }
+
+    pub fn rows(&self, kind: ListKind, matching: Option<std::net::IpAddr>) -> Vec<EntryRow> {
+        self.entries
+            .iter()
+            .filter(|((k, p), _)| *k == kind && matching.is_none_or(|ip| p.contains(ip)))
+            .map(|((_, p), s)| {
+                let mut origin = Vec::new();
+                if s.config {
+                    origin.push("config".to_string());
+                }
+                if s.protected {
+                    origin.push("protected".to_string());
+                }
+                let mut expires = None;
+                let mut reason = None;
+                if let Some(r) = &s.runtime {
+                    origin.push(r.origin.clone());
+                    if !s.config && !s.protected {
+                        expires = r.expires;
+                    }
+                    reason = r.reason.clone();
+                }
+                EntryRow {
+                    prefix: *p,
+                    origin,
+                    expires,
+                    reason,
+                }
+            })
+            .collect()
+    }
+
+    pub fn bans(&self) -> Result<Vec<BanRow>, CoreError> {
+        let now = clock::mono_ns();
+        Ok(self
+            .dp
+            .bans()?
+            .into_iter()
+            .map(|(p, b)| BanRow {
+                prefix: p,
+                expires: clock::unix_of_mono(b.expires_ns),
+                offences: b.offences,
+                policy: self
+                    .policy_names
+                    .get(b.policy as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{}", b.policy)),
+                active: b.expires_ns > now,
+            })
+            .collect())
+    }
+
+    /// Lifts bans (the offence history goes with them).
+    pub fn unban(&mut self, prefixes: &[Prefix]) -> Result<usize, CoreError> {
+        let mut n = 0;
+        for p in prefixes {
+            if self.dp.ban_remove(p)? {
+                n += 1;
+            }
+        }
+        self.dirty |= n > 0;
+        Ok(n)
+    }
+
+    pub fn unban_all(&mut self) -> Result<usize, CoreError> {
+        let all: Vec<Prefix> = self.dp.bans()?.into_iter().map(|(p, _)| p).collect();
+        self.unban(&all)
+    }
+
+    /// Removes expired runtime entries and long-expired ban records.
+    /// Returns how many were removed.
+    pub fn sweep(&mut self) -> Result<usize, CoreError> {
+        let now = clock::unix_now();
+        let expired: Vec<(ListKind, Prefix)> = self
+            .entries
+            .iter()
+            .filter(|(_, s)| {
+                s.runtime
+                    .as_ref()
+                    .and_then(|r| r.expires)
+                    .is_some_and(|e| e <= now)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in &expired {
+            if let Some(s) = self.entries.get_mut(key) {
+                s.runtime = None;
+            }
+            self.sync(*key)?;
+        }
+        // A ban's record is kept past its end to recognise repeat offenders,
+        // for as long as the policy's longest ban.
+        let mono = clock::mono_ns();
+        let policies = self.dp.policies()?;
+        let mut forgotten = 0;
+        for (p, b) in self.dp.bans()? {
+            let memory = policies
+                .get(b.policy as usize)
+                .map_or(3_600_000_000_000, |pol| pol.ban_max_ns);
+            if b.expires_ns.saturating_add(memory) < mono && self.dp.ban_remove(&p)? {
+                forgotten += 1;
+            }
+        }
+        let n = expired.len() + forgotten;
+        self.dirty |= n > 0;
+        Ok(n)
+    }
+
+    /// Runtime state to persist.
+    pub fn snapshot(&self) -> Result<State, CoreError> {
+        let entries = self
+            .entries
+            .iter()
+            .filter_map(|((kind, p), s)| {
+                s.runtime.as_ref().map(|r| SavedEntry {
+                    list: *kind,
+                    prefix: *p,
+                    origin: r.origin.clone(),
+                    expires: r.expires,
+                    reason: r.reason.clone(),
+                    added: r.added,
+                })
+            })
+            .collect();
+        let bans = self
+            .dp
+            .bans()?
+            .into_iter()
+            .map(|(p, b)| SavedBan {
+                prefix: p,
+                expires: clock::unix_of_mono(b.expires_ns),
+                offences: b.offences,
+                policy: b.policy,
+            })
+            .collect();
+        Ok(State {
+            version: 1,
+            entries,
+            bans,
+        })
+    }
+
+    /// Restores runtime entries and bans from the state file. Entries that
+    /// are expired or now protected are skipped and reported.
+    pub fn restore(&mut self, state: &State) -> Result<Vec<String>, CoreError> {
+        let mut notes = Vec::new();
+        let now = clock::unix_now();
+        for e in &state.entries {
+            if e.expires.is_some_and(|x| x <= now) {
+                continue;
+            }
+            if e.list == ListKind::Block {
+                if let Some(r) = self.protected_hit(&e.prefix) {
+                    notes.push(format!(
+                        "not restoring block of {} (protected range {r})",
+                        e.prefix
+                    ));
+                    continue;
+                }
+            }
+            let s = self.entries.entry((e.list, e.prefix)).or_default();
+            s.runtime = Some(RuntimeEntry {
+                origin: e.origin.clone(),
+                expires: e.expires,
+                reason: e.reason.clone(),
+                added: e.added,
+            });
+            self.sync((e.list, e.prefix))?;
+        }
+        let live: Vec<Prefix> = self.dp.bans()?.into_iter().map(|(p, _)| p).collect();
+        for b in &state.bans {
+            if live.contains(&b.prefix) || self.protected_hit(&b.prefix).is_some() {
+                continue;
+            }
+            self.dp.ban_set(
+                &b.prefix,
+                BanEntry {
+                    expires_ns: clock::mono_deadline(b.expires),
+                    offences: b.offences,
+                    policy: b.policy,
+                },
+            )?;
+        }
+        Ok(notes)
+    }
+
+    /// Drops kernel list entries that no source claims (left in re-adopted
+    /// maps by an earlier run and absent from the state file).
+    pub fn forget_unclaimed(&mut self) -> Result<usize, CoreError> {
+        let mut n = 0;
+        for (kind, list) in [
+            (ListKind::Allow, List::Allow),
+            (ListKind::Block, List::Block),
+        ] {
+            for (p, _) in self.dp.list_entries(list)? {
+                if !self.entries.contains_key(&(kind, p)) {
+                    self.dp.list_remove(list, &p)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Counts of list entries by list, family and origin (for metrics).
+    pub fn entry_counts(&self) -> BTreeMap<(ListKind, &'static str, String), u64> {
+        let mut out = BTreeMap::new();
+        for ((kind, p), s) in &self.entries {
+            let fam = if p.is_ipv4() { "ipv4" } else { "ipv6" };
+            let origin = if s.config {
+                "config".to_string()
+            } else if s.protected {
+                "protected".to_string()
+            } else if let Some(r) = &s.runtime {
+                if r.origin.starts_with("feed:") {
+                    "feed".into()
+                } else {
+                    "cli".into()
+                }
+            } else {
+                "config".into()
+            };
+            *out.entry((*kind, fam, origin)).or_insert(0) += 1;
+        }
+        out
+    }
+}

@@ -1,0 +1,518 @@
+//! `rampart agent`: the daemon that owns the data plane on a host.
+//!
+//! Start-up: check privileges and bpffs, load the program with its maps
+//! pinned (re-adopting pins of the same layout version), restore runtime
+//! state, apply the config, attach (swapping into pinned links atomically).
+//! Then serve the control socket and metrics, and keep watch: SIGHUP and
+//! config-file changes reload, a sweeper expires entries and saves state,
+//! interfaces that come back are re-attached. On SIGTERM the agent exits and
+//! the pinned program keeps filtering; `rampart detach` removes it.
+use std::{
+    collections::hash_map::DefaultHasher,
+    hash::{Hash, Hasher},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use rampart_common::abi::{Event, LAYOUT_VERSION, event_kind};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use crate::{
+    attach::{self, IfaceStatus},
+    audit::Audit,
+    clock,
+    config::{self, LogFormat, Validated},
+    core::{Core, CoreError},
+    datapath::{Datapath, MAP_NAMES},
+    host,
+    metrics::Metrics,
+    persist,
+    top::Top,
+};
+
+pub struct AgentOptions {
+    pub config: PathBuf,
+    pub log_format: Option<LogFormat>,
+    /// Recreate the maps (to apply new capacities); runtime state comes back
+    /// from the state file.
+    pub replace_maps: bool,
+}
+
+/// Everything the tasks and handlers share.
+pub struct Shared {
+    pub core: Mutex<Core>,
+    pub ifaces: Mutex<Vec<IfaceStatus>>,
+    pub slots: Mutex<Vec<(u32, String)>>,
+    pub top: Mutex<Top>,
+    pub metrics: Metrics,
+    pub audit: Audit,
+    pub config_path: PathBuf,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub state_error: Mutex<Option<String>>,
+    config_hash: Mutex<u64>,
+}
+
+/// Locks a mutex, recovering from poisoning: a panicked holder must not take
+/// the agent's control plane down with it.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The pin directory of this layout version.
+pub fn pin_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join(format!("v{LAYOUT_VERSION}"))
+}
+
+pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    let cfg =
+        config::load(&opts.config).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    init_logging(opts.log_format.unwrap_or(cfg.config.agent.log_format));
+    let missing = host::missing_capabilities();
+    if !missing.is_empty() {
+        bail!(
+            "missing capabilities: {} (run as root, or grant them: systemd AmbientCapabilities=, or the pod's securityContext.capabilities.add)",
+            missing.join(", ")
+        );
+    }
+    raise_memlock();
+    let bpffs = cfg.config.agent.bpffs.clone();
+    let root = bpffs.parent().unwrap_or(Path::new("/sys/fs/bpf"));
+    if !host::is_bpffs(root) && !host::is_bpffs(&bpffs) {
+        bail!(
+            "bpffs is not mounted at {}: mount it with `mount -t bpf bpf {}` (in Kubernetes, mount the host's /sys/fs/bpf into the pod)",
+            root.display(),
+            root.display()
+        );
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(opts, cfg))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let r = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
+    }
+}
+
+fn hash_of(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
+    let pin_dir = pin_dir(&cfg.config.agent.bpffs);
+    migrate_layouts(&cfg.config.agent.bpffs, &pin_dir);
+    if opts.replace_maps {
+        for name in MAP_NAMES {
+            let _ = std::fs::remove_file(pin_dir.join(name));
+        }
+    }
+    std::fs::create_dir_all(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+    let readopted = pin_dir.join(rampart_common::abi::map_name::CONFIG).exists();
+    let mut dp =
+        Datapath::load(cfg.config.capacity, Some(&pin_dir)).context("loading the XDP program")?;
+    let events = dp.take_events();
+    let state_dir = cfg.config.agent.state_dir.clone();
+    let sample_every = u64::from(cfg.config.events.sample_every);
+    let mut core =
+        Core::new(dp, cfg).map_err(|e| anyhow::anyhow!("applying the configuration: {e}"))?;
+    let (state, state_problem) = persist::load(&state_dir);
+    if let Some(p) = &state_problem {
+        tracing::error!("{p}");
+    }
+    for note in core
+        .restore(&state)
+        .map_err(|e| anyhow::anyhow!("restoring state: {e}"))?
+    {
+        tracing::warn!("{note}");
+    }
+    if state_problem.is_none() {
+        let n = core.forget_unclaimed()?;
+        if n > 0 {
+            tracing::info!(
+                entries = n,
+                "removed pinned list entries that neither config nor state claims"
+            );
+        }
+    }
+    core.reload.last_result = "ok".into();
+    core.reload.last_success = clock::unix_now();
+    core.reload.last_attempt = clock::unix_now();
+    tracing::info!(
+        config = %opts.config.display(),
+        pins = %pin_dir.display(),
+        readopted,
+        "data plane loaded"
+    );
+    let config_hash = hash_of(&core.cfg.source);
+    let shared = Arc::new(Shared {
+        core: Mutex::new(core),
+        ifaces: Mutex::new(Vec::new()),
+        slots: Mutex::new(Vec::new()),
+        top: Mutex::new(Top::new(sample_every)),
+        metrics: Metrics::new(),
+        audit: Audit::new(&state_dir),
+        config_path: opts.config.clone(),
+        pin_dir,
+        state_dir,
+        state_error: Mutex::new(state_problem),
+        config_hash: Mutex::new(config_hash),
+    });
+    shared.metrics.reloads.with_label_values(&["success"]).inc();
+    shared
+        .metrics
+        .last_reload_success
+        .set(clock::unix_now() as f64);
+    sync_interfaces(&shared);
+    save_state(&shared);
+
+    let control = crate::control::start(shared.clone()).await?;
+    let metrics = crate::control::start_metrics(shared.clone()).await?;
+    tokio::spawn(watch_config(shared.clone()));
+    tokio::spawn(housekeeping(shared.clone()));
+    if let Some(rb) = events {
+        tokio::spawn(read_events(shared.clone(), rb));
+    }
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tracing::info!("rampart agent running");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => { let _ = reload(&shared, "SIGHUP"); }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    control.abort();
+    metrics.abort();
+    save_state(&shared);
+    let _ = std::fs::remove_file(&lock(&shared.core).cfg.config.control.socket);
+    tracing::info!("stopping; the pinned program keeps filtering (`rampart detach` removes it)");
+    Ok(())
+}
+
+/// Moves attachments from pins of another layout version to this one: the
+/// new program is swapped into the old links (no gap), runtime state comes
+/// from the state file, and the old pins are removed.
+fn migrate_layouts(bpffs: &Path, current: &Path) {
+    let Ok(dir) = std::fs::read_dir(bpffs) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let p = e.path();
+        if p == current || !e.file_name().to_string_lossy().starts_with('v') {
+            continue;
+        }
+        let links = p.join("links");
+        let new_links = current.join("links");
+        let _ = std::fs::create_dir_all(&new_links);
+        if let Ok(ls) = std::fs::read_dir(&links) {
+            for l in ls.flatten() {
+                let to = new_links.join(l.file_name());
+                if !to.exists() {
+                    // bpffs supports rename: the link keeps its identity.
+                    let _ = std::fs::rename(l.path(), to);
+                }
+            }
+        }
+        tracing::info!(old = %p.display(), "migrating from an earlier pin layout");
+        let _ = remove_tree(&p);
+    }
+}
+
+fn remove_tree(p: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(p)?.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&e.path())?;
+        } else {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    std::fs::remove_dir(p)
+}
+
+/// The interfaces to protect: configured, or those with a default route.
+fn wanted_interfaces(core: &Core) -> Vec<String> {
+    let c = &core.cfg.config.agent.interfaces;
+    if c.is_empty() {
+        host::default_route_interfaces()
+    } else {
+        c.clone()
+    }
+}
+
+/// Attaches to every wanted interface not attached yet (or whose device was
+/// re-created); one failing interface does not stop the others.
+pub fn sync_interfaces(shared: &Shared) {
+    let mut core = lock(&shared.core);
+    let wanted = wanted_interfaces(&core);
+    let mode = core.cfg.config.agent.attach_mode;
+    let mut ifaces = lock(&shared.ifaces);
+    let mut slots = Vec::new();
+    let mut next: Vec<IfaceStatus> = Vec::new();
+    for (i, name) in wanted.iter().enumerate() {
+        let slot = i as u32 + 1;
+        slots.push((slot, name.clone()));
+        let current = host::ifindex(name);
+        let prev = ifaces.iter().find(|s| &s.name == name).cloned();
+        let fine = prev
+            .as_ref()
+            .is_some_and(|p| p.attached && p.ifindex == current && current.is_some())
+            && attach::pinned_link_alive(&shared.pin_dir, name);
+        if fine {
+            next.extend(prev);
+            continue;
+        }
+        let status = match current {
+            None => IfaceStatus::down(name, format!("interface {name} does not exist")),
+            Some(ifindex) => {
+                let res = core
+                    .dp
+                    .program_mut()
+                    .map_err(|e| e.to_string())
+                    .and_then(|prog| attach::attach(prog, &shared.pin_dir, name, mode));
+                match res {
+                    Ok(s) => {
+                        if ifindex < rampart_common::abi::MAX_IFINDEX
+                            && slot < rampart_common::abi::MAX_IFACE_SLOTS
+                        {
+                            let _ = core.dp.set_iface_slot(ifindex, slot);
+                        }
+                        tracing::info!(interface = %name, mode = %s.mode, ifindex, "attached");
+                        s
+                    }
+                    Err(e) => {
+                        tracing::error!(interface = %name, error = %e, "could not attach");
+                        IfaceStatus::down(name, e)
+                    }
+                }
+            }
+        };
+        if prev.as_ref().is_some_and(|p| p.attached) && current.is_none() {
+            tracing::warn!(interface = %name, "interface disappeared; will re-attach when it returns");
+        }
+        next.push(status);
+    }
+    // Interfaces no longer wanted: detach them.
+    for old in ifaces.iter() {
+        if !wanted.contains(&old.name) && old.attached {
+            if let Some(ifindex) = old.ifindex {
+                let _ = std::fs::remove_file(
+                    shared
+                        .pin_dir
+                        .join("links")
+                        .join(format!("{}@{ifindex}", old.name)),
+                );
+                tracing::info!(interface = %old.name, "detached (no longer configured)");
+            }
+        }
+    }
+    *ifaces = next;
+    *lock(&shared.slots) = slots;
+}
+
+/// Re-reads the config file and applies it if valid. Invalid: nothing changes.
+pub fn reload(shared: &Shared, trigger: &str) -> Result<(), Vec<String>> {
+    let result = config::load(&shared.config_path)
+        .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .and_then(|v| {
+            let hash = hash_of(&v.source);
+            let mut core = lock(&shared.core);
+            core.apply(v, false)
+                .map_err(|e: CoreError| vec![e.to_string()])?;
+            *lock(&shared.config_hash) = hash;
+            Ok(())
+        });
+    {
+        let mut core = lock(&shared.core);
+        let now = clock::unix_now();
+        core.reload.last_attempt = now;
+        match &result {
+            Ok(()) => {
+                core.reload.last_result = "ok".into();
+                core.reload.last_success = now;
+                core.reload.errors.clear();
+                core.reload.ok_total += 1;
+            }
+            Err(errs) => {
+                core.reload.last_result = "failed".into();
+                core.reload.errors = errs.clone();
+                core.reload.failed_total += 1;
+            }
+        }
+    }
+    match &result {
+        Ok(()) => {
+            shared.metrics.reloads.with_label_values(&["success"]).inc();
+            shared
+                .metrics
+                .last_reload_success
+                .set(clock::unix_now() as f64);
+            tracing::info!(trigger, "configuration reloaded");
+            sync_interfaces(shared);
+        }
+        Err(errs) => {
+            shared.metrics.reloads.with_label_values(&["failure"]).inc();
+            for e in errs {
+                tracing::error!(trigger, "reload refused, running config unchanged: {e}");
+            }
+        }
+    }
+    result
+}
+
+/// Reloads when the config file's content changes. Polling the content
+/// (through symlinks) catches Kubernetes ConfigMap updates, which swap a
+/// symlink in the directory rather than writing the file.
+async fn watch_config(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_seen = *lock(&shared.config_hash);
+    loop {
+        tick.tick().await;
+        let Ok(text) = std::fs::read_to_string(&shared.config_path) else {
+            continue;
+        };
+        let h = hash_of(&text);
+        if h != last_seen {
+            last_seen = h;
+            if h != *lock(&shared.config_hash) {
+                let _ = reload(&shared, "file change");
+            }
+        }
+    }
+}
+
+/// Persists runtime state; on failure, reports it and retries on the next tick.
+pub fn save_state(shared: &Shared) {
+    let snapshot = {
+        let core = lock(&shared.core);
+        core.snapshot()
+    };
+    let result = match snapshot {
+        Ok(s) => persist::save(&shared.state_dir, &s).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut err = lock(&shared.state_error);
+    match result {
+        Ok(()) => {
+            lock(&shared.core).dirty = false;
+            if err.take().is_some() {
+                tracing::info!("state file written again");
+            }
+        }
+        Err(e) => {
+            shared.metrics.state_write_errors.inc();
+            let msg = format!(
+                "cannot write state to {}: {e} (will retry; filtering is unaffected)",
+                shared.state_dir.display()
+            );
+            if err.as_deref() != Some(msg.as_str()) {
+                tracing::error!("{msg}");
+            }
+            *err = Some(msg);
+        }
+    }
+}
+
+/// Once a second: expire entries, save state when it changed (or a write
+/// failed), re-attach interfaces that came back.
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let dirty = {
+            let mut core = lock(&shared.core);
+            if let Err(e) = core.sweep() {
+                tracing::warn!("sweep failed: {e}");
+            }
+            core.dirty
+        };
+        if dirty || lock(&shared.state_error).is_some() {
+            save_state(&shared);
+        }
+        if n.is_multiple_of(2) {
+            sync_interfaces(&shared);
+        }
+    }
+}
+
+/// Reads drop samples and ban events from the ring buffer.
+async fn read_events(shared: Arc<Shared>, rb: aya::maps::RingBuf<aya::maps::MapData>) {
+    // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so
+    // the fd stays open for as long as it is registered.
+    let Ok(mut fd) = (unsafe { AsyncFd::register(rb) }) else {
+        tracing::error!("cannot watch the event ring buffer");
+        return;
+    };
+    let mut window = clock::mono_ns();
+    let mut logged = 0u32;
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        let rb = guard.get_inner_mut();
+        while let Some(item) = rb.next() {
+            if item.len() < std::mem::size_of::<Event>() {
+                continue;
+            }
+            // SAFETY: the record is an Event written by the program (size checked).
+            let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+            let src = if ev.family == 4 {
+                IpAddr::from([ev.src[0], ev.src[1], ev.src[2], ev.src[3]])
+            } else {
+                IpAddr::from(ev.src)
+            };
+            match ev.kind {
+                event_kind::DROP_SAMPLE => lock(&shared.top).record(src, ev.reason),
+                event_kind::BAN => {
+                    lock(&shared.core).dirty = true;
+                    let now = clock::mono_ns();
+                    if now - window > 1_000_000_000 {
+                        window = now;
+                        logged = 0;
+                    }
+                    logged += 1;
+                    // At most 10 ban lines a second; the rest are counted.
+                    if logged <= 10 {
+                        let secs = ev.ban_expires_ns.saturating_sub(now) / 1_000_000_000;
+                        tracing::warn!(source = %src, prefix_len = ev.prefix_len, offences = ev.offences, seconds = secs, "banned");
+                    } else {
+                        shared.metrics.bans_logged_suppressed.inc();
+                    }
+                }
+                _ => {}
+            }
+        }
+        guard.clear_ready();
+    }
+}

@@ -1,0 +1,307 @@
+//! Prometheus metrics. Kernel counters are per-CPU maps, summed over CPUs at
+//! scrape time and mirrored into standard counters by their increase. No
+//! label carries an address: cardinality is bounded by interfaces, actions,
+//! reasons, maps and policies.
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use rampart_common::abi::{self, action, counter_index, reason, stat};
+
+use crate::{core::Core, persist::ListKind};
+
+pub struct Metrics {
+    registry: Registry,
+    packets: IntCounterVec,
+    bytes: IntCounterVec,
+    list_entries: IntGaugeVec,
+    bans_active: IntGauge,
+    bans_started: IntCounter,
+    ban_table_full: IntCounter,
+    map_entries: IntGaugeVec,
+    map_capacity: IntGaugeVec,
+    rate_evictions: IntCounter,
+    rate_overflow: IntCounter,
+    events_sent: IntCounter,
+    events_lost: IntCounter,
+    samples_capped: IntCounter,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: Gauge,
+    attached: IntGaugeVec,
+    pub control_requests: IntCounterVec,
+    refused: IntCounter,
+    dry_run: IntGauge,
+    pub state_write_errors: IntCounter,
+    pub bans_logged_suppressed: IntCounter,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric name");
+    g
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric name");
+    g
+}
+
+/// Raises a counter to `value` (kernel counters only grow).
+fn mirror(c: &IntCounter, value: u64) {
+    let cur = c.get();
+    if value > cur {
+        c.inc_by(value - cur);
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let build = gauge_vec(
+            &r,
+            "rampart_build_info",
+            "Build information; always 1.",
+            &["version"],
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let last = Gauge::new(
+            "rampart_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(last.clone()))
+            .expect("unique metric name");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process collector registers once");
+        Self {
+            packets: counter_vec(
+                &r,
+                "rampart_packets_total",
+                "Packets seen by the XDP program, by interface, action and reason.",
+                &["interface", "action", "reason"],
+            ),
+            bytes: counter_vec(
+                &r,
+                "rampart_bytes_total",
+                "Bytes seen by the XDP program, by interface, action and reason.",
+                &["interface", "action", "reason"],
+            ),
+            list_entries: gauge_vec(
+                &r,
+                "rampart_list_entries",
+                "Allowlist and blocklist entries by list, address family and origin.",
+                &["list", "family", "origin"],
+            ),
+            bans_active: gauge(
+                &r,
+                "rampart_bans_active",
+                "Sources currently banned by the data plane.",
+            ),
+            bans_started: counter(
+                &r,
+                "rampart_bans_started_total",
+                "Bans started by the data plane.",
+            ),
+            ban_table_full: counter(
+                &r,
+                "rampart_ban_table_full_total",
+                "Bans not recorded because the ban table was full.",
+            ),
+            map_entries: gauge_vec(
+                &r,
+                "rampart_map_entries",
+                "Entries in each BPF table.",
+                &["map"],
+            ),
+            map_capacity: gauge_vec(
+                &r,
+                "rampart_map_capacity",
+                "Capacity of each BPF table.",
+                &["map"],
+            ),
+            rate_evictions: counter(
+                &r,
+                "rampart_ratelimit_evictions_total",
+                "Idle rate-limit slots given to new sources.",
+            ),
+            rate_overflow: counter(
+                &r,
+                "rampart_ratelimit_overflow_total",
+                "Packets of new sources metered by a shared overflow bucket because every slot of their set was active.",
+            ),
+            events_sent: counter(
+                &r,
+                "rampart_events_sampled_total",
+                "Drop samples and ban events written to the event ring buffer.",
+            ),
+            events_lost: counter(
+                &r,
+                "rampart_events_lost_total",
+                "Events lost because the ring buffer was full.",
+            ),
+            samples_capped: counter(
+                &r,
+                "rampart_events_capped_total",
+                "Drop samples skipped by the per-second cap.",
+            ),
+            reloads: counter_vec(
+                &r,
+                "rampart_config_reloads_total",
+                "Configuration reloads by result.",
+                &["result"],
+            ),
+            last_reload_success: last,
+            attached: gauge_vec(
+                &r,
+                "rampart_interface_attached",
+                "1 when the program is attached to the interface, by attach mode.",
+                &["interface", "mode"],
+            ),
+            control_requests: counter_vec(
+                &r,
+                "rampart_control_requests_total",
+                "Control API requests by endpoint and HTTP status.",
+                &["endpoint", "status"],
+            ),
+            refused: counter(
+                &r,
+                "rampart_protected_refusals_total",
+                "Blocks refused because they covered a protected address.",
+            ),
+            dry_run: gauge(&r, "rampart_dry_run", "1 while global dry-run is on."),
+            state_write_errors: counter(
+                &r,
+                "rampart_state_write_errors_total",
+                "Failed writes of the state file.",
+            ),
+            bans_logged_suppressed: counter(
+                &r,
+                "rampart_ban_logs_suppressed_total",
+                "Ban log lines suppressed by the log rate limit.",
+            ),
+            registry: r,
+        }
+    }
+
+    /// Reads the kernel state and renders the text exposition format.
+    pub fn render(
+        &self,
+        core: &Core,
+        slots: &[(u32, String)],
+        ifaces: &[crate::attach::IfaceStatus],
+    ) -> String {
+        self.refresh(core, slots, ifaces);
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn refresh(&self, core: &Core, slots: &[(u32, String)], ifaces: &[crate::attach::IfaceStatus]) {
+        if let Ok(c) = core.dp.counters() {
+            for (slot, name) in slots
+                .iter()
+                .chain(std::iter::once(&(0, "other".to_string())))
+            {
+                for a in 0..action::COUNT as u8 {
+                    for r in 0..reason::COUNT as u8 {
+                        let v = c[counter_index(*slot, a, r) as usize];
+                        if v.packets == 0 && *slot == 0 {
+                            continue;
+                        }
+                        let labels = [
+                            name.as_str(),
+                            action::NAMES[a as usize],
+                            reason::NAMES[r as usize],
+                        ];
+                        mirror(&self.packets.with_label_values(&labels), v.packets);
+                        mirror(&self.bytes.with_label_values(&labels), v.bytes);
+                    }
+                }
+            }
+        }
+        if let Ok(s) = core.dp.stats() {
+            mirror(&self.bans_started, s[stat::BANS_STARTED as usize]);
+            mirror(&self.ban_table_full, s[stat::BAN_TABLE_FULL as usize]);
+            mirror(&self.rate_evictions, s[stat::RATE_EVICTIONS as usize]);
+            mirror(&self.rate_overflow, s[stat::RATE_OVERFLOW as usize]);
+            mirror(&self.events_sent, s[stat::EVENTS_SENT as usize]);
+            mirror(&self.events_lost, s[stat::EVENTS_LOST as usize]);
+            mirror(&self.samples_capped, s[stat::SAMPLES_CAPPED as usize]);
+        }
+        mirror(&self.refused, core.refused_total);
+        self.list_entries.reset();
+        for ((kind, fam, origin), n) in core.entry_counts() {
+            let list = if kind == ListKind::Allow {
+                "allow"
+            } else {
+                "block"
+            };
+            self.list_entries
+                .with_label_values(&[list, fam, &origin])
+                .set(n as i64);
+        }
+        let caps = core.dp.capacities();
+        let (a4, a6) = core.dp.list_len(rampart_common::decide::List::Allow);
+        let (b4, b6) = core.dp.list_len(rampart_common::decide::List::Block);
+        let bans = core.dp.bans().unwrap_or_default();
+        let now = crate::clock::mono_ns();
+        let ban4 = bans.iter().filter(|(p, _)| p.is_ipv4()).count() as u64;
+        self.bans_active
+            .set(bans.iter().filter(|(_, b)| b.expires_ns > now).count() as i64);
+        for (map, entries, cap) in [
+            (abi::map_name::ALLOW_V4, a4, caps.allow_v4),
+            (abi::map_name::ALLOW_V6, a6, caps.allow_v6),
+            (abi::map_name::BLOCK_V4, b4, caps.block_v4),
+            (abi::map_name::BLOCK_V6, b6, caps.block_v6),
+            (abi::map_name::BANS_V4, ban4, caps.bans_v4),
+            (
+                abi::map_name::BANS_V6,
+                bans.len() as u64 - ban4,
+                caps.bans_v6,
+            ),
+            (
+                abi::map_name::POLICIES,
+                u64::from(core.dp.config().policy_count),
+                abi::MAX_POLICIES,
+            ),
+        ] {
+            self.map_entries
+                .with_label_values(&[map])
+                .set(entries as i64);
+            self.map_capacity
+                .with_label_values(&[map])
+                .set(i64::from(cap));
+        }
+        self.map_capacity
+            .with_label_values(&[abi::map_name::RATE_SETS])
+            .set(i64::from(caps.rate_sets) * abi::RATE_WAYS as i64);
+        self.dry_run.set(i64::from(core.cfg.config.agent.dry_run));
+        self.attached.reset();
+        for i in ifaces {
+            self.attached
+                .with_label_values(&[&i.name, &i.mode])
+                .set(i64::from(i.attached));
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

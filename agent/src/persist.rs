@@ -1,0 +1,150 @@
+//! The state file: runtime blocks and allows (from the CLI and feeds) and
+//! live bans, with absolute wall-clock expiries, so they survive restarts,
+//! re-pinning and reboots. Written atomically (temp file, fsync, rename); a
+//! corrupt file is moved aside and reported, never fatal.
+use std::{
+    fs::{self, File},
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::prefix::Prefix;
+
+pub const STATE_FILE: &str = "state.json";
+const STATE_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct State {
+    pub version: u32,
+    pub entries: Vec<SavedEntry>,
+    pub bans: Vec<SavedBan>,
+}
+
+/// Which list an entry is on.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ListKind {
+    Allow,
+    Block,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SavedEntry {
+    pub list: ListKind,
+    pub prefix: Prefix,
+    /// "cli" or "feed:NAME".
+    pub origin: String,
+    /// Unix seconds; None never expires.
+    pub expires: Option<u64>,
+    pub reason: Option<String>,
+    pub added: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SavedBan {
+    pub prefix: Prefix,
+    /// Unix seconds.
+    pub expires: u64,
+    pub offences: u32,
+    pub policy: u32,
+}
+
+/// Reads the state; a missing file is empty state, a corrupt one is moved
+/// aside (its new name is returned in the error text) and read as empty.
+pub fn load(dir: &Path) -> (State, Option<String>) {
+    let path = dir.join(STATE_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (State::default(), None),
+        Err(e) => {
+            return (
+                State::default(),
+                Some(format!("cannot read {}: {e}", path.display())),
+            );
+        }
+    };
+    match serde_json::from_str::<State>(&text) {
+        Ok(s) if s.version == STATE_VERSION => (s, None),
+        Ok(s) => (
+            State::default(),
+            Some(set_aside(
+                &path,
+                &format!("unknown state version {}", s.version),
+            )),
+        ),
+        Err(e) => (State::default(), Some(set_aside(&path, &e.to_string()))),
+    }
+}
+
+fn set_aside(path: &Path, why: &str) -> String {
+    let aside = PathBuf::from(format!(
+        "{}.corrupt-{}",
+        path.display(),
+        crate::clock::unix_now()
+    ));
+    match fs::rename(path, &aside) {
+        Ok(()) => format!(
+            "state file {} is unreadable ({why}); moved it to {} and started without it",
+            path.display(),
+            aside.display()
+        ),
+        Err(e) => format!(
+            "state file {} is unreadable ({why}) and could not be moved: {e}",
+            path.display()
+        ),
+    }
+}
+
+/// Writes the state atomically: a reader (or a crash) sees the old file or
+/// the new one, never a mix.
+pub fn save(dir: &Path, state: &State) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let path = dir.join(STATE_FILE);
+    let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+    let mut body = serde_json::to_vec_pretty(&State {
+        version: STATE_VERSION,
+        ..state.clone()
+    })
+    .map_err(std::io::Error::other)?;
+    body.push(b'\n');
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_sets_corrupt_files_aside() {
+        let dir = std::env::temp_dir().join(format!("rampart-persist-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let s = State {
+            version: STATE_VERSION,
+            entries: vec![SavedEntry {
+                list: ListKind::Block,
+                prefix: "192.0.2.0/24".parse().unwrap(),
+                origin: "cli".into(),
+                expires: Some(4_000_000_000),
+                reason: Some("scanner".into()),
+                added: 1,
+            }],
+            bans: vec![],
+        };
+        save(&dir, &s).unwrap();
+        assert_eq!(load(&dir), (s, None));
+        fs::write(dir.join(STATE_FILE), "{not json").unwrap();
+        let (s2, err) = load(&dir);
+        assert_eq!(s2, State::default());
+        assert!(err.unwrap().contains("moved it to"));
+        assert!(!dir.join(STATE_FILE).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
