@@ -138,8 +138,15 @@ impl Core {
         &self.protected
     }
 
-    fn protected_hit(&self, p: &Prefix) -> Option<Prefix> {
-        self.protected.iter().find(|r| r.overlaps(p)).copied()
+    /// The protected ranges `p` overlaps, comma-separated; None if none.
+    fn protected_hit(&self, p: &Prefix) -> Option<String> {
+        let hits: Vec<String> = self
+            .protected
+            .iter()
+            .filter(|r| r.overlaps(p))
+            .map(ToString::to_string)
+            .collect();
+        (!hits.is_empty()).then(|| hits.join(", "))
     }
 
     /// Applies a validated config. `initial`: at start-up (capacity is what

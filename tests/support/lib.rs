@@ -2,4 +2,5 @@
 //! under test, namespaces and veth pairs that clean up after themselves.
 pub mod frames;
 pub mod harness;
+pub mod lab;
 pub mod netns;

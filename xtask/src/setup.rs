@@ -54,6 +54,12 @@ const STEPS: &[Step] = &[
         by_hand: "PATH=/usr/lib/llvm-22/bin:$PATH LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version 0.13.0 --no-default-features --features llvm-22",
     },
     Step {
+        name: "promtool (from Debian's prometheus package, without the server)",
+        done: promtool_present,
+        run: install_promtool,
+        by_hand: "cd $(mktemp -d) && apt-get download prometheus && dpkg-deb -x prometheus_*.deb x && install -m 0755 x/usr/bin/promtool /usr/local/bin/promtool",
+    },
+    Step {
         name: "bpffs mounted at /sys/fs/bpf",
         done: bpffs_mounted,
         run: mount_bpffs,
@@ -144,6 +150,35 @@ fn install_bpf_linker() -> anyhow::Result<()> {
             "llvm-22",
         ],
         &[("PATH", &path), ("LLVM_PREFIX", LLVM_PREFIX)],
+    )
+}
+
+fn promtool_present() -> bool {
+    output("promtool", &["--version"]).is_some()
+}
+
+fn install_promtool() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join("rampart-promtool");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let d = dir.to_str().context("temp dir path")?;
+    cmd::run("apt-get", &["update", "-q"])?;
+    cmd::run(
+        "sh",
+        &["-c", &format!("cd {d} && apt-get download prometheus")],
+    )?;
+    cmd::run(
+        "sh",
+        &["-c", &format!("cd {d} && dpkg-deb -x prometheus_*.deb x")],
+    )?;
+    cmd::run(
+        "install",
+        &[
+            "-m",
+            "0755",
+            &format!("{d}/x/usr/bin/promtool"),
+            "/usr/local/bin/promtool",
+        ],
     )
 }
 

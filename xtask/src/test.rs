@@ -50,6 +50,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     if args.unprivileged {
         return Ok(());
     }
+    // The agent tests drive the real binary.
+    cargo(&["build", "-p", "rampart"])?;
     // Privileged tests share the kernel, namespaces and pins: one at a time.
     cargo(&["test", "-p", "rampart-tests", "--", "--test-threads=1"])
 }
