@@ -186,11 +186,7 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
         state_error: Mutex::new(state_problem),
         config_hash: Mutex::new(config_hash),
     });
-    shared.metrics.reloads.with_label_values(&["success"]).inc();
-    shared
-        .metrics
-        .last_reload_success
-        .set(clock::unix_now() as f64);
+    shared.metrics.record_reload(true);
     sync_interfaces(&shared);
     save_state(&shared);
 
@@ -372,16 +368,12 @@ pub fn reload(shared: &Shared, trigger: &str) -> Result<(), Vec<String>> {
     }
     match &result {
         Ok(()) => {
-            shared.metrics.reloads.with_label_values(&["success"]).inc();
-            shared
-                .metrics
-                .last_reload_success
-                .set(clock::unix_now() as f64);
+            shared.metrics.record_reload(true);
             tracing::info!(trigger, "configuration reloaded");
             sync_interfaces(shared);
         }
         Err(errs) => {
-            shared.metrics.reloads.with_label_values(&["failure"]).inc();
+            shared.metrics.record_reload(false);
             for e in errs {
                 tracing::error!(trigger, "reload refused, running config unchanged: {e}");
             }

@@ -24,8 +24,9 @@ pub struct Metrics {
     events_sent: IntCounter,
     events_lost: IntCounter,
     samples_capped: IntCounter,
-    pub reloads: IntCounterVec,
-    pub last_reload_success: Gauge,
+    reloads: IntCounterVec,
+    last_reload_success: Gauge,
+    last_reload_ok: IntGauge,
     attached: IntGaugeVec,
     pub control_requests: IntCounterVec,
     refused: IntCounter,
@@ -88,7 +89,7 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .expect("process collector registers once");
-        Self {
+        let m = Self {
             packets: counter_vec(
                 &r,
                 "rampart_packets_total",
@@ -166,6 +167,11 @@ impl Metrics {
                 &["result"],
             ),
             last_reload_success: last,
+            last_reload_ok: gauge(
+                &r,
+                "rampart_config_last_reload_successful",
+                "1 if the last configuration reload succeeded, 0 if it was refused.",
+            ),
             attached: gauge_vec(
                 &r,
                 "rampart_interface_attached",
@@ -195,6 +201,23 @@ impl Metrics {
                 "Ban log lines suppressed by the log rate limit.",
             ),
             registry: r,
+        };
+        // Both results exist from the start, so alerts can rate() them.
+        for result in ["success", "failure"] {
+            let _ = m.reloads.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// Counts a configuration load (start-up or reload) and its result.
+    pub fn record_reload(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+        self.last_reload_ok.set(i64::from(ok));
+        if ok {
+            self.last_reload_success
+                .set(crate::clock::unix_now() as f64);
         }
     }
 
