@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask setup | build | test | demo | bench`.
 //! xtask only orchestrates; the work is in the crates and their tests.
 mod cmd;
+mod demo;
 mod setup;
 mod test;
 
@@ -19,6 +20,8 @@ enum Task {
     Setup,
     /// Build the `rampart` binary (release), with the XDP program embedded.
     Build,
+    /// Rampart stopping an attack in a lab of network namespaces.
+    Demo,
     /// Formatting, lints, unit tests, then the privileged integration tests.
     Test(test::TestArgs),
 }
@@ -28,6 +31,7 @@ fn main() {
     let result = match cli.task {
         Task::Setup => setup::run(),
         Task::Build => setup::run().and_then(|()| build()),
+        Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Test(args) => setup::run().and_then(|()| test::run(&args)),
     };
     if let Err(e) = result {

@@ -53,5 +53,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     // The agent tests drive the real binary.
     cargo(&["build", "-p", "rampart"])?;
     // Privileged tests share the kernel, namespaces and pins: one at a time.
-    cargo(&["test", "-p", "rampart-tests", "--", "--test-threads=1"])
+    cargo(&["test", "-p", "rampart-tests", "--", "--test-threads=1"])?;
+    // The demo doubles as an end-to-end smoke test: it fails if the attack
+    // gets through or the client is starved.
+    crate::demo::run()
 }
