@@ -2,6 +2,7 @@
 //! xtask only orchestrates; the work is in the crates and their tests.
 mod cmd;
 mod demo;
+mod manifests;
 mod setup;
 mod test;
 
@@ -22,6 +23,12 @@ enum Task {
     Build,
     /// Rampart stopping an attack in a lab of network namespaces.
     Demo,
+    /// Render the Helm chart's defaults into deploy/kubernetes.
+    Manifests {
+        /// Fail if the checked-in manifests differ from the rendering.
+        #[arg(long)]
+        check: bool,
+    },
     /// Formatting, lints, unit tests, then the privileged integration tests.
     Test(test::TestArgs),
 }
@@ -31,6 +38,7 @@ fn main() {
     let result = match cli.task {
         Task::Setup => setup::run(),
         Task::Build => setup::run().and_then(|()| build()),
+        Task::Manifests { check } => manifests::run(check),
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Test(args) => setup::run().and_then(|()| test::run(&args)),
     };
@@ -40,6 +48,6 @@ fn main() {
     }
 }
 
-fn build() -> anyhow::Result<()> {
+pub fn build() -> anyhow::Result<()> {
     cmd::cargo(&["build", "--release", "-p", "rampart"])
 }

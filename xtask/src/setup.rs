@@ -61,6 +61,12 @@ const STEPS: &[Step] = &[
         by_hand: "cd $(mktemp -d) && apt-get download prometheus && dpkg-deb -x prometheus_*.deb x && install -m 0755 x/usr/bin/promtool /usr/local/bin/promtool",
     },
     Step {
+        name: "manifest validators (kubernetes-validate, yamllint from PyPI)",
+        done: validators_present,
+        run: install_validators,
+        by_hand: "python3 -m pip install kubernetes-validate yamllint",
+    },
+    Step {
         name: "bpffs mounted at /sys/fs/bpf",
         done: bpffs_mounted,
         run: mount_bpffs,
@@ -179,6 +185,29 @@ fn install_promtool() -> anyhow::Result<()> {
             "0755",
             &format!("{d}/x/usr/bin/promtool"),
             "/usr/local/bin/promtool",
+        ],
+    )
+}
+
+fn validators_present() -> bool {
+    output("python3", &["-m", "kubernetes_validate", "--version"]).is_some()
+        && output("python3", &["-m", "yamllint", "--version"]).is_some()
+}
+
+fn install_validators() -> anyhow::Result<()> {
+    cmd::run_env(
+        "python3",
+        &[
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "kubernetes-validate",
+            "yamllint",
+        ],
+        &[
+            ("PIP_ROOT_USER_ACTION", "ignore"),
+            ("PIP_BREAK_SYSTEM_PACKAGES", "1"),
         ],
     )
 }

@@ -50,8 +50,12 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     if args.unprivileged {
         return Ok(());
     }
-    // The agent tests drive the real binary.
+    // The plain manifests must be the chart's defaults.
+    crate::manifests::run(true)?;
+    // The agent tests drive the real binary; the deployment tests check the
+    // release binary the container image's build stage produces.
     cargo(&["build", "-p", "rampart"])?;
+    crate::build()?;
     // Privileged tests share the kernel, namespaces and pins: one at a time.
     cargo(&["test", "-p", "rampart-tests", "--", "--test-threads=1"])?;
     // The demo doubles as an end-to-end smoke test: it fails if the attack
