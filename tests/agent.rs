@@ -311,3 +311,56 @@ fn an_interface_deleted_and_recreated_is_reattached() -> anyhow::Result<()> {
     assert_eq!(code, 200);
     Ok(())
 }
+
+#[test]
+fn a_new_layout_version_takes_over_the_link_and_removes_old_pins() -> anyhow::Result<()> {
+    let mut lab = Lab::new("mg", 67, "")?;
+    lab.write_config(&block_second_client(&lab))?;
+    lab.start()?;
+    lab.cli_ok(&["block", "add", &lab.client_ips[2], "--reason", "runtime"])?;
+    lab.stop();
+    // Make the running pins look like an earlier layout's.
+    let old = format!("{}/v0", lab.bpffs());
+    std::fs::rename(format!("{}/v1", lab.bpffs()), &old)?;
+    assert!(std::path::Path::new(&format!("{old}/links")).exists());
+    // The old program keeps filtering through its pinned link meanwhile.
+    assert_eq!(lab.ping(&lab.client_ips[1], 2, "0.2"), 0);
+    let sender = lab
+        .cli
+        .command("ping")
+        .args([
+            "-c",
+            "30",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "-I",
+            &lab.client_ips[1],
+            &lab.server_ip,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    lab.start()?;
+    let out = sender.wait_with_output()?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(" 0 received"),
+        "a packet got through during the migration"
+    );
+    assert!(!std::path::Path::new(&old).exists(), "old pins left behind");
+    assert!(lab.log().contains("migrating from an earlier pin layout"));
+    assert_eq!(
+        lab.ping(&lab.client_ips[1], 2, "0.2"),
+        0,
+        "config entry lost"
+    );
+    assert_eq!(
+        lab.ping(&lab.client_ips[2], 2, "0.2"),
+        0,
+        "runtime entry lost"
+    );
+    assert_eq!(lab.ping(&lab.client_ips[0], 2, "0.2"), 2);
+    let st = lab.cli_json(&["status"])?;
+    assert_eq!(st["interfaces"][0]["attached"], true);
+    Ok(())
+}

@@ -103,6 +103,8 @@ pub struct Core {
     pub dirty: bool,
     pub refused_total: u64,
     pub policy_names: Vec<String>,
+    /// Rate-table slots in use, as last counted by housekeeping.
+    pub rate_slots_used: u64,
 }
 
 fn list_of(kind: ListKind) -> List {
@@ -126,6 +128,7 @@ impl Core {
             dirty: false,
             refused_total: 0,
             policy_names: Vec::new(),
+            rate_slots_used: 0,
         };
         core.apply(cfg, true)?;
         // Entries in the maps (re-adopted pins) that no source claims were

@@ -456,6 +456,12 @@ async fn housekeeping(shared: Arc<Shared>) {
         if n.is_multiple_of(2) {
             sync_interfaces(&shared);
         }
+        if n % 10 == 1 {
+            let mut core = lock(&shared.core);
+            if let Ok(used) = core.dp.rate_table_occupancy() {
+                core.rate_slots_used = used;
+            }
+        }
     }
 }
 

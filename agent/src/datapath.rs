@@ -618,6 +618,17 @@ impl Datapath {
         self.events.take()
     }
 
+    /// Sources currently holding a rate-table slot (reads every set: slow on
+    /// big tables, so callers refresh it in the background).
+    pub fn rate_table_occupancy(&self) -> Result<u64, DatapathError> {
+        let mut n = 0;
+        for set in self.rate_sets.iter() {
+            let set = set.map_err(map_err(map_name::RATE_SETS))?;
+            n += set.ways.iter().filter(|w| w.family != 0).count() as u64;
+        }
+        Ok(n)
+    }
+
     /// Clears the rate table (tests and benchmarks).
     pub fn reset_rate_table(&mut self) -> Result<(), DatapathError> {
         for i in 0..self.capacities.rate_sets {

@@ -310,6 +310,9 @@ impl Metrics {
                 .with_label_values(&[map])
                 .set(i64::from(cap));
         }
+        self.map_entries
+            .with_label_values(&[abi::map_name::RATE_SETS])
+            .set(core.rate_slots_used as i64);
         self.map_capacity
             .with_label_values(&[abi::map_name::RATE_SETS])
             .set(i64::from(caps.rate_sets) * abi::RATE_WAYS as i64);

@@ -1,7 +1,12 @@
-//! Top sources by dropped packets, from the sampled drop events. Bounded:
-//! when full, every count is halved and zeros leave, so a spoofed flood
-//! cannot grow it and recent heavy hitters stay on top.
-use std::{collections::HashMap, net::IpAddr};
+//! Top sources by dropped packets, from the sampled drop events, with the
+//! Space-Saving algorithm: a bounded table where a newcomer replaces the
+//! source with the smallest count and inherits that count plus one. Any
+//! source sending more than 1/CAPACITY of the samples is always kept, so a
+//! spoofed flood of one-sample sources cannot push a heavy hitter out.
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
 
 use crate::api::TopRow;
 
@@ -10,6 +15,8 @@ const CAPACITY: usize = 8192;
 #[derive(Default)]
 pub struct Top {
     counts: HashMap<IpAddr, (u64, u8)>,
+    /// (count, source), to find the smallest in O(log n).
+    order: BTreeSet<(u64, IpAddr)>,
     /// Each sample stands for this many drops (the sampling rate).
     pub scale: u64,
 }
@@ -18,21 +25,28 @@ impl Top {
     /// A table for drops sampled one in `scale`.
     pub fn new(scale: u64) -> Self {
         Self {
-            counts: HashMap::new(),
             scale,
+            ..Self::default()
         }
     }
 
     pub fn record(&mut self, src: IpAddr, reason: u8) {
-        if self.counts.len() >= CAPACITY && !self.counts.contains_key(&src) {
-            self.counts.retain(|_, (n, _)| {
-                *n /= 2;
-                *n > 0
-            });
-        }
-        let e = self.counts.entry(src).or_insert((0, reason));
-        e.0 += 1;
-        e.1 = reason;
+        let count = match self.counts.get(&src) {
+            Some((c, _)) => {
+                self.order.remove(&(*c, src));
+                c + 1
+            }
+            None if self.counts.len() < CAPACITY => 1,
+            None => match self.order.pop_first() {
+                Some((min, evicted)) => {
+                    self.counts.remove(&evicted);
+                    min + 1
+                }
+                None => 1,
+            },
+        };
+        self.counts.insert(src, (count, reason));
+        self.order.insert((count, src));
     }
 
     pub fn top(&self, n: usize) -> Vec<TopRow> {
@@ -68,6 +82,7 @@ mod tests {
             t.record(IpAddr::from(i.to_be_bytes()), 4);
         }
         assert!(t.counts.len() <= CAPACITY);
+        assert_eq!(t.order.len(), t.counts.len());
         let top = t.top(1);
         assert_eq!(top[0].source, "192.0.2.1");
         assert_eq!(top[0].reason, "blocklist");
