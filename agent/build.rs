@@ -23,10 +23,12 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::default(),
     )?;
-    let out = PathBuf::from(std::env::var("OUT_DIR")?).join("rampart");
-    if !out.exists() {
-        // Skipped build: an empty object, refused with a clear error at load.
-        std::fs::write(&out, [])?;
+    for object in ["rampart", "rampart-bench"] {
+        let out = PathBuf::from(std::env::var("OUT_DIR")?).join(object);
+        if !out.exists() {
+            // Skipped build: an empty object, refused with a clear error at load.
+            std::fs::write(&out, [])?;
+        }
     }
     Ok(())
 }

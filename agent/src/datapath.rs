@@ -28,6 +28,12 @@ use crate::prefix::Prefix;
 /// The XDP object, built by build.rs and embedded so one binary is enough.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rampart"));
 
+/// The benchmark build of the program (`rampart_varied`, `floor`,
+/// `generator`); see ebpf/program/src/bench.rs.
+#[cfg(feature = "bench")]
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rampart-bench"));
+
 /// Sizes of the tables, fixed when the maps are created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -128,6 +134,8 @@ pub struct Datapath {
     capacities: Capacities,
     /// The policies as last written (what `ReadOnlyView` reads).
     policy_cache: Vec<Policy>,
+    /// The XDP program's name in the object.
+    program: &'static str,
 }
 
 /// Names of every map, with the pin file each has under a pin directory.
@@ -153,7 +161,18 @@ impl Datapath {
     /// Loads the program. With `pin_dir`, every map is created pinned there,
     /// or re-adopted if already pinned (keeping its contents).
     pub fn load(capacities: Capacities, pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
-        if OBJECT.is_empty() {
+        Self::load_object(OBJECT, PROGRAM_NAME, capacities, pin_dir)
+    }
+
+    /// Loads `program` from `object` (the production object, or the
+    /// benchmark build) with the same maps.
+    pub fn load_object(
+        object: &[u8],
+        program: &'static str,
+        capacities: Capacities,
+        pin_dir: Option<&Path>,
+    ) -> Result<Self, DatapathError> {
+        if object.is_empty() {
             return Err(DatapathError::NoObject);
         }
         let rate_sets = capacities.rate_sets.max(1).next_power_of_two();
@@ -177,9 +196,9 @@ impl Datapath {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(OBJECT)?;
+        let mut ebpf = loader.load(object)?;
         let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
+            .program_mut(program)
             .ok_or_else(|| DatapathError::Invalid("the object has no XDP program".into()))?
             .try_into()?;
         prog.load()?;
@@ -225,6 +244,7 @@ impl Datapath {
             block_lens: LenCounts::default(),
             capacities,
             policy_cache: Vec::new(),
+            program,
         };
         dp.recount_lens()?;
         if dp.config.rate_set_mask == 0 || dp.config.hash_seed == 0 {
@@ -241,7 +261,7 @@ impl Datapath {
     pub fn program(&self) -> Result<&Xdp, DatapathError> {
         Ok(self
             .ebpf
-            .program(PROGRAM_NAME)
+            .program(self.program)
             .ok_or_else(|| DatapathError::Invalid("program missing".into()))?
             .try_into()?)
     }
@@ -249,7 +269,7 @@ impl Datapath {
     pub fn program_mut(&mut self) -> Result<&mut Xdp, DatapathError> {
         Ok(self
             .ebpf
-            .program_mut(PROGRAM_NAME)
+            .program_mut(self.program)
             .ok_or_else(|| DatapathError::Invalid("program missing".into()))?
             .try_into()?)
     }
@@ -611,6 +631,25 @@ impl Datapath {
             out[i] = per_cpu.map_err(map_err(map_name::STATS))?.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Another program of the same object (benchmarks: the floor and the
+    /// generator), loaded on first use.
+    pub fn other_program(&mut self, name: &str) -> Result<&mut Xdp, DatapathError> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| DatapathError::Invalid(format!("the object has no program {name}")))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        Ok(prog)
+    }
+
+    /// A map by name, for the benchmark build's own maps.
+    pub fn raw_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.ebpf.take_map(name)
     }
 
     /// The ring buffer of drop samples and ban events (taken by the reader).

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | build | test | demo | bench`.
 //! xtask only orchestrates; the work is in the crates and their tests.
+mod bench;
 mod cmd;
 mod demo;
 mod manifests;
@@ -21,6 +22,12 @@ enum Task {
     Setup,
     /// Build the `rampart` binary (release), with the XDP program embedded.
     Build,
+    /// Data-plane benchmarks side by side with nftables and iptables.
+    Bench {
+        /// A short smoke run (no docs written).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Rampart stopping an attack in a lab of network namespaces.
     Demo,
     /// Render the Helm chart's defaults into deploy/kubernetes.
@@ -39,6 +46,7 @@ fn main() {
         Task::Setup => setup::run(),
         Task::Build => setup::run().and_then(|()| build()),
         Task::Manifests { check } => manifests::run(check),
+        Task::Bench { quick } => setup::run().and_then(|()| bench::run(quick)),
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Test(args) => setup::run().and_then(|()| test::run(&args)),
     };

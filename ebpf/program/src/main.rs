@@ -1,65 +1,18 @@
-//! The Rampart XDP program: parse, decide, count, return the verdict.
-//!
-//! The decision itself lives in `rampart_common::decide`, shared with the
-//! reference model; this file binds it to BPF maps and packet memory.
+//! The Rampart XDP program. The decision lives in `rampart_common::decide`,
+//! shared with the reference model; `filter` binds it to maps and packets.
 #![no_std]
 #![no_main]
 
+mod filter;
 mod global;
 mod maps;
 mod packet;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use rampart_common::{
-    abi::{MAX_IFINDEX, action, counter_index},
-    decide::{Verdict, decide},
-    parse::parse,
-};
-
-use crate::{
-    maps::{BpfTables, COUNTERS, IFACE_SLOTS, config, now_ns},
-    packet::XdpFrame,
-};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
 pub fn rampart(ctx: XdpContext) -> u32 {
-    // Every context field is read once, here: the verifier refuses a context
-    // pointer that the compiler kept around with an offset added.
-    let ifindex = ctx.ingress_ifindex() as u32;
-    let frame = XdpFrame::new(&ctx);
-    let len = (ctx.data_end() - ctx.data()) as u32;
-    let Some(cfg) = config() else {
-        // Unreachable for an array map; pass rather than fail closed on
-        // something that says nothing about the packet.
-        return xdp_action::XDP_PASS;
-    };
-    let now = now_ns();
-    let parsed = parse(&frame);
-    let verdict = decide(&BpfTables, cfg, &parsed, len, now);
-    maps::sample(cfg, &parsed, &verdict, ifindex, len, now);
-    record(ifindex, &verdict, len)
-}
-
-/// The one exit: count the verdict per interface and return exactly it.
-#[inline(always)]
-fn record(ifindex: u32, v: &Verdict, len: u32) -> u32 {
-    let slot = if ifindex < MAX_IFINDEX {
-        IFACE_SLOTS.get(ifindex).copied().unwrap_or(0)
-    } else {
-        0
-    };
-    if let Some(c) = COUNTERS.get_ptr_mut(counter_index(slot, v.action, v.reason)) {
-        // SAFETY: a per-CPU array value, only this CPU writes it.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += len as u64;
-        }
-    }
-    if v.action == action::DROP {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
-    }
+    filter::filter(&ctx)
 }
 
 #[cfg(not(test))]

@@ -1,0 +1,85 @@
+//! The benchmark object: `rampart_varied` is the production filter behind a
+//! prologue that rewrites the IPv4 source per packet (so multi-source and
+//! spoofed floods are not one-key hot-cache figures), `floor` is the empty
+//! XDP_DROP program every cost is compared with, and `generator` transmits
+//! frames back out (XDP_TX) for live-frames throughput runs.
+#![no_std]
+#![no_main]
+
+mod filter;
+mod global;
+mod maps;
+mod packet;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::bpf_get_prandom_u32,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+
+/// [0]: mode (0 keep, 1 cycle over [1] sources, 2 a random source each
+/// packet); for `rampart_varied` and `generator` alike.
+#[map]
+static BENCH: Array<u32> = Array::with_max_entries(2, 0);
+#[map]
+static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Offset of the IPv4 source in an untagged frame.
+const SRC: usize = 14 + 12;
+
+#[inline(always)]
+fn vary_source(ctx: &XdpContext) {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + SRC + 4 > end {
+        return;
+    }
+    let mode = BENCH.get(0).copied().unwrap_or(0);
+    let src = match mode {
+        1 => {
+            let n = BENCH.get(1).copied().unwrap_or(1).max(1);
+            let Some(seq) = BENCH_SEQ.get_ptr_mut(0) else {
+                return;
+            };
+            // SAFETY: per-CPU value, only this CPU writes it.
+            let s = unsafe {
+                *seq = (*seq).wrapping_add(1);
+                *seq
+            };
+            0x0a00_0000 | (s % n)
+        }
+        // SAFETY: a helper without pointer arguments.
+        2 => unsafe { bpf_get_prandom_u32() },
+        _ => return,
+    };
+    // SAFETY: [start + SRC, +4) is inside the packet (checked above).
+    unsafe { ((start + SRC) as *mut [u8; 4]).write_unaligned(src.to_be_bytes()) };
+}
+
+#[xdp]
+pub fn rampart_varied(ctx: XdpContext) -> u32 {
+    vary_source(&ctx);
+    filter::filter(&ctx)
+}
+
+#[xdp]
+pub fn floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn generator(ctx: XdpContext) -> u32 {
+    vary_source(&ctx);
+    xdp_action::XDP_TX
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,358 @@
+//! `cargo xtask bench` runs this: every scenario's per-packet cost
+//! (BPF_PROG_TEST_RUN, repeated, several runs) and throughput over a veth
+//! (a live-frames generator in one namespace, the filter under test attached
+//! natively in another), with the empty XDP_DROP program, nftables and
+//! iptables measured in the same run. Writes raw figures as JSON to the path
+//! in RAMPART_BENCH_OUT; xtask turns them into docs/benchmarks.md.
+use std::{collections::BTreeMap, time::Instant};
+
+use aya::{
+    maps::Array,
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use rampart::{
+    datapath::{BENCH_OBJECT, Capacities, Datapath},
+    policy::{PolicySpec, Protocol},
+    prefix::Prefix,
+};
+use rampart_common::{abi::ListEntry, decide::List};
+use rampart_tests::{
+    frames::FrameBuilder,
+    netns::{InNetns, Netns, Veth, sh},
+};
+use serde_json::{Value, json};
+
+fn quick() -> bool {
+    std::env::var("RAMPART_BENCH_QUICK").is_ok()
+}
+
+fn repeat() -> u32 {
+    if quick() { 20_000 } else { 2_000_000 }
+}
+
+fn runs() -> usize {
+    if quick() { 2 } else { 5 }
+}
+
+/// Median, min and max of ns per packet over several runs.
+fn cost(prog: &Xdp, frame: &[u8]) -> Value {
+    let mut v: Vec<f64> = (0..runs())
+        .map(|_| {
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    repeat: repeat(),
+                    ..TestRunOptions::default()
+                })
+                .expect("test run");
+            r.duration.as_nanos() as f64
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    json!({"median_ns": v[v.len() / 2], "min_ns": v[0], "max_ns": v[v.len() - 1], "runs": v.len(), "repeat": repeat()})
+}
+
+fn caps(block: u32) -> Capacities {
+    Capacities {
+        block_v4: block.max(1024),
+        block_v6: 1 << 17,
+        rate_sets: 1 << 16,
+        ..Capacities::default()
+    }
+}
+
+fn load(block: u32) -> Datapath {
+    Datapath::load_object(BENCH_OBJECT, "rampart_varied", caps(block), None)
+        .expect("load the benchmark build (root)")
+}
+
+/// Sets the source-varying prologue: 0 keep, 1 cycle over `n`, 2 random.
+fn vary(dp: &mut Datapath, mode: u32, n: u32) {
+    let map = dp.raw_map("BENCH").expect("BENCH map");
+    let mut a: Array<_, u32> = Array::try_from(map).expect("BENCH is an array");
+    a.set(0, mode, 0).expect("set mode");
+    a.set(1, n, 0).expect("set n");
+}
+
+fn web_policy(pps: u64, burst: u64) -> Vec<rampart_common::abi::Policy> {
+    PolicySpec::simple("web", Protocol::Tcp, &[(443, 443)], pps, burst).to_abi()
+}
+
+/// A blocklist of `n` entries: 3/4 IPv4 addresses, 1/5 IPv4 /24s, the rest
+/// IPv6 /48s; `target` is among the addresses.
+fn fill_blocklist(dp: &mut Datapath, n: u32, target: &str) {
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    dp.list_insert(
+        List::Block,
+        &target.parse().expect("target"),
+        ListEntry::default(),
+    )
+    .expect("insert");
+    for i in 1..n {
+        let r = next();
+        let p = match i % 20 {
+            0..=14 => Prefix::new_masked(
+                std::net::IpAddr::from(((r as u32) | 0x0100_0000).to_be_bytes()),
+                32,
+            ),
+            15..=18 => Prefix::new_masked(std::net::IpAddr::from((r as u32).to_be_bytes()), 24),
+            _ => {
+                let mut a = [0u8; 16];
+                a[..8].copy_from_slice(&r.to_be_bytes());
+                a[0] = 0x20;
+                Prefix::new_masked(std::net::IpAddr::from(a), 48)
+            }
+        };
+        dp.list_insert(List::Block, &p, ListEntry::default())
+            .expect("insert");
+    }
+}
+
+fn per_packet() -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    let pass = FrameBuilder::tcp("192.0.2.10", "198.51.100.1").build();
+    let blocked = FrameBuilder::tcp("198.18.7.7", "198.51.100.1").build();
+    let flood = FrameBuilder::tcp("10.0.0.1", "198.51.100.1").build();
+
+    let mut dp = load(1024);
+    let floor = dp.other_program("floor").expect("floor");
+    out.insert("floor".into(), cost(floor, &pass));
+
+    // S1: legitimate traffic under its limit, policies and lists loaded.
+    let mut dp = load(1024);
+    dp.set_policies(&web_policy(1 << 30, 1 << 30))
+        .expect("policies");
+    fill_blocklist(&mut dp, 1000, "198.18.7.7");
+    out.insert("S1 pass".into(), cost(dp.program().expect("prog"), &pass));
+
+    // S2: a blocklisted source, lists of growing size.
+    for n in [1u32, 10_000, 100_000, 1_000_000] {
+        if quick() && n > 10_000 {
+            continue;
+        }
+        let mut dp = load(n);
+        dp.set_policies(&web_policy(1 << 30, 1 << 30))
+            .expect("policies");
+        let t = Instant::now();
+        fill_blocklist(&mut dp, n, "198.18.7.7");
+        eprintln!(
+            "S2: {n} entries loaded in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        out.insert(
+            format!("S2 blocklist {n}"),
+            cost(dp.program().expect("prog"), &blocked),
+        );
+    }
+
+    // S3: floods from 1, 16 and 256 sources, over their limit.
+    for n in [1u32, 16, 256] {
+        let mut dp = load(1024);
+        dp.set_policies(&web_policy(100, 100)).expect("policies");
+        vary(&mut dp, 1, n);
+        out.insert(
+            format!("S3 flood {n} sources"),
+            cost(dp.program().expect("prog"), &flood),
+        );
+    }
+
+    // S4: a spoofed flood, a new random source every packet.
+    let mut dp = load(1024);
+    dp.set_policies(&web_policy(100, 100)).expect("policies");
+    vary(&mut dp, 2, 0);
+    out.insert(
+        "S4 spoofed flood".into(),
+        cost(dp.program().expect("prog"), &flood),
+    );
+    out
+}
+
+fn rx_packets(ns: &Netns, dev: &str) -> u64 {
+    let out = ns
+        .exec(&["ip", "-s", "-j", "link", "show", dev])
+        .unwrap_or_default();
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    v[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or(0)
+}
+
+/// Sends `count` frames from the generator out of `dev` (in `ns`) in
+/// live-frames mode; returns the seconds it took.
+fn generate(gen_prog: &Xdp, ns: &Netns, dev: &str, frame: &[u8], count: u32) -> f64 {
+    let _in = InNetns::enter(ns).expect("enter generator namespace");
+    let ifindex = rampart::host::ifindex(dev).expect("generator interface");
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let t = Instant::now();
+    gen_prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: count,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::default()
+        })
+        .expect("live-frames generator");
+    t.elapsed().as_secs_f64()
+}
+
+fn throughput() -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    let gen_ns = Netns::new("rb-gen").expect("netns");
+    let dut = Netns::new("rb-dut").expect("netns");
+    let _veth = Veth::new(
+        "rbg0",
+        &gen_ns,
+        &["10.250.0.2/24"],
+        "rbd0",
+        &dut,
+        &["10.250.0.1/24"],
+    )
+    .expect("veth");
+    let count: u32 = if quick() { 200_000 } else { 5_000_000 };
+    let frame = FrameBuilder::tcp("10.0.0.1", "10.250.0.1").build();
+    let mut gen_dp = load(1024);
+    let measure = |gen_dp: &mut Datapath, mode: u32, n: u32, what: &str| -> Value {
+        vary(gen_dp, mode, n);
+        let generator = gen_dp.other_program("generator").expect("generator");
+        let mut rates = Vec::new();
+        for _ in 0..runs().min(3) {
+            let before = rx_packets(&dut, "rbd0");
+            let secs = generate(generator, &gen_ns, "rbg0", &frame, count);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let got = rx_packets(&dut, "rbd0") - before;
+            rates.push(got as f64 / secs / 1e6);
+        }
+        rates.sort_by(f64::total_cmp);
+        eprintln!("throughput {what}: {:.2} Mpps", rates[rates.len() / 2]);
+        json!({"median_mpps": rates[rates.len() / 2], "min_mpps": rates[0], "max_mpps": rates[rates.len() - 1], "frames": count})
+    };
+    let attach = |dp: &mut Datapath, prog: &str| {
+        let _in = InNetns::enter(&dut).expect("enter");
+        let p = if prog == "rampart_varied" {
+            dp.program_mut().expect("prog")
+        } else {
+            dp.other_program(prog).expect("prog")
+        };
+        p.attach("rbd0", XdpMode::Driver).expect("attach natively")
+    };
+
+    // The empty XDP_DROP floor.
+    let mut floor = load(1024);
+    let id = attach(&mut floor, "floor");
+    out.insert("floor".into(), measure(&mut gen_dp, 0, 0, "floor"));
+    floor
+        .other_program("floor")
+        .expect("floor")
+        .detach(id)
+        .expect("detach");
+    drop(floor);
+
+    // Rampart: S2 (a blocked source, 100k entries), S3 (256 sources), S4 (spoofed).
+    let mut dp = load(1 << 17);
+    dp.set_policies(&web_policy(100, 100)).expect("policies");
+    fill_blocklist(&mut dp, if quick() { 1000 } else { 100_000 }, "10.0.0.1");
+    attach(&mut dp, "rampart_varied");
+    out.insert(
+        "rampart S2 blocklist".into(),
+        measure(&mut gen_dp, 0, 0, "rampart S2"),
+    );
+    dp.list_remove(List::Block, &"10.0.0.1".parse().expect("p"))
+        .expect("remove");
+    out.insert(
+        "rampart S3 256 sources".into(),
+        measure(&mut gen_dp, 1, 256, "rampart S3"),
+    );
+    out.insert(
+        "rampart S4 spoofed".into(),
+        measure(&mut gen_dp, 2, 0, "rampart S4"),
+    );
+    drop(dp);
+
+    // nftables at netdev ingress: a set drop, then a per-source meter.
+    let nft = |rules: &str| {
+        let path = std::env::temp_dir().join("rampart-bench.nft");
+        std::fs::write(&path, rules).expect("write nft rules");
+        dut.exec(&["nft", "-f", path.to_str().unwrap_or_default()])
+            .expect("nft rules load");
+    };
+    nft(
+        "table netdev rb { set blk { type ipv4_addr; flags interval; elements = { 10.0.0.1, 198.18.0.0/15 } }\n chain in { type filter hook ingress device rbd0 priority 0; ip saddr @blk drop } }\n",
+    );
+    out.insert(
+        "nftables set drop".into(),
+        measure(&mut gen_dp, 0, 0, "nftables set"),
+    );
+    let _ = dut.exec(&["nft", "delete", "table", "netdev", "rb"]);
+    nft(
+        "table netdev rb { chain in { type filter hook ingress device rbd0 priority 0; meter m { ip saddr limit rate over 100/second } drop } }\n",
+    );
+    out.insert(
+        "nftables meter 256 sources".into(),
+        measure(&mut gen_dp, 1, 256, "nftables meter"),
+    );
+    out.insert(
+        "nftables meter spoofed".into(),
+        measure(&mut gen_dp, 2, 0, "nftables meter spoofed"),
+    );
+    let _ = dut.exec(&["nft", "delete", "table", "netdev", "rb"]);
+
+    // iptables raw with hashlimit per source.
+    let ipt = dut.exec(&[
+        "iptables",
+        "-t",
+        "raw",
+        "-A",
+        "PREROUTING",
+        "-i",
+        "rbd0",
+        "-m",
+        "hashlimit",
+        "--hashlimit-above",
+        "100/second",
+        "--hashlimit-mode",
+        "srcip",
+        "--hashlimit-name",
+        "rb",
+        "-j",
+        "DROP",
+    ]);
+    if ipt.is_ok() {
+        out.insert(
+            "iptables hashlimit 256 sources".into(),
+            measure(&mut gen_dp, 1, 256, "iptables hashlimit"),
+        );
+        let _ = dut.exec(&["iptables", "-t", "raw", "-F", "PREROUTING"]);
+    } else {
+        eprintln!("iptables hashlimit unavailable: {ipt:?}");
+    }
+    let _ = sh(&["true"]);
+    out
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let machine = json!({
+        "kernel": sh(&["uname", "-r"]).unwrap_or_default().trim(),
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu_model": std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()),
+        "quick": quick(),
+    });
+    let per_packet = per_packet();
+    let throughput = throughput();
+    let report = json!({"machine": machine, "per_packet": per_packet, "throughput": throughput});
+    let text = serde_json::to_string_pretty(&report).expect("json");
+    match std::env::var("RAMPART_BENCH_OUT") {
+        Ok(p) => std::fs::write(p, text).expect("write results"),
+        Err(_) => println!("{text}"),
+    }
+}
