@@ -61,17 +61,39 @@ fn caps(block: u32) -> Capacities {
     }
 }
 
-fn load(block: u32) -> Datapath {
-    Datapath::load_object(BENCH_OBJECT, "rampart_varied", caps(block), None)
-        .expect("load the benchmark build (root)")
+/// The benchmark build loaded, with its prologue's control map.
+struct Bench {
+    dp: Datapath,
+    mode: Array<aya::maps::MapData, u32>,
+}
+
+fn load(block: u32) -> Bench {
+    let mut dp = Datapath::load_object(BENCH_OBJECT, "rampart_varied", caps(block), None)
+        .expect("load the benchmark build (root)");
+    // Every program is loaded while the object still holds all its maps.
+    dp.other_program("floor").expect("floor");
+    dp.other_program("generator").expect("generator");
+    let mode = Array::try_from(dp.raw_map("BENCH").expect("BENCH map")).expect("BENCH is an array");
+    Bench { dp, mode }
+}
+
+impl std::ops::Deref for Bench {
+    type Target = Datapath;
+    fn deref(&self) -> &Datapath {
+        &self.dp
+    }
+}
+
+impl std::ops::DerefMut for Bench {
+    fn deref_mut(&mut self) -> &mut Datapath {
+        &mut self.dp
+    }
 }
 
 /// Sets the source-varying prologue: 0 keep, 1 cycle over `n`, 2 random.
-fn vary(dp: &mut Datapath, mode: u32, n: u32) {
-    let map = dp.raw_map("BENCH").expect("BENCH map");
-    let mut a: Array<_, u32> = Array::try_from(map).expect("BENCH is an array");
-    a.set(0, mode, 0).expect("set mode");
-    a.set(1, n, 0).expect("set n");
+fn vary(b: &mut Bench, mode: u32, n: u32) {
+    b.mode.set(0, mode, 0).expect("set mode");
+    b.mode.set(1, n, 0).expect("set n");
 }
 
 fn web_policy(pps: u64, burst: u64) -> Vec<rampart_common::abi::Policy> {
@@ -120,8 +142,8 @@ fn per_packet() -> BTreeMap<String, Value> {
     let blocked = FrameBuilder::tcp("198.18.7.7", "198.51.100.1").build();
     let flood = FrameBuilder::tcp("10.0.0.1", "198.51.100.1").build();
 
-    let mut dp = load(1024);
-    let floor = dp.other_program("floor").expect("floor");
+    let mut b = load(1024);
+    let floor = b.dp.other_program("floor").expect("floor");
     out.insert("floor".into(), cost(floor, &pass));
 
     // S1: legitimate traffic under its limit, policies and lists loaded.
@@ -219,9 +241,9 @@ fn throughput() -> BTreeMap<String, Value> {
     let count: u32 = if quick() { 200_000 } else { 5_000_000 };
     let frame = FrameBuilder::tcp("10.0.0.1", "10.250.0.1").build();
     let mut gen_dp = load(1024);
-    let measure = |gen_dp: &mut Datapath, mode: u32, n: u32, what: &str| -> Value {
+    let measure = |gen_dp: &mut Bench, mode: u32, n: u32, what: &str| -> Value {
         vary(gen_dp, mode, n);
-        let generator = gen_dp.other_program("generator").expect("generator");
+        let generator = gen_dp.dp.other_program("generator").expect("generator");
         let mut rates = Vec::new();
         for _ in 0..runs().min(3) {
             let before = rx_packets(&dut, "rbd0");
@@ -234,7 +256,7 @@ fn throughput() -> BTreeMap<String, Value> {
         eprintln!("throughput {what}: {:.2} Mpps", rates[rates.len() / 2]);
         json!({"median_mpps": rates[rates.len() / 2], "min_mpps": rates[0], "max_mpps": rates[rates.len() - 1], "frames": count})
     };
-    let attach = |dp: &mut Datapath, prog: &str| {
+    let attach = |dp: &mut Bench, prog: &str| {
         let _in = InNetns::enter(&dut).expect("enter");
         let p = if prog == "rampart_varied" {
             dp.program_mut().expect("prog")
@@ -276,6 +298,10 @@ fn throughput() -> BTreeMap<String, Value> {
     );
     drop(dp);
 
+    // Without an XDP program, a veth takes frames its peer sends with XDP_TX
+    // only in NAPI (GRO) mode; the kernel stack peers need it.
+    dut.exec(&["ethtool", "-K", "rbd0", "gro", "on"])
+        .expect("enable GRO on the receiving veth");
     // nftables at netdev ingress: a set drop, then a per-source meter.
     let nft = |rules: &str| {
         let path = std::env::temp_dir().join("rampart-bench.nft");
@@ -284,7 +310,7 @@ fn throughput() -> BTreeMap<String, Value> {
             .expect("nft rules load");
     };
     nft(
-        "table netdev rb { set blk { type ipv4_addr; flags interval; elements = { 10.0.0.1, 198.18.0.0/15 } }\n chain in { type filter hook ingress device rbd0 priority 0; ip saddr @blk drop } }\n",
+        "table netdev rb {\n  set blk {\n    type ipv4_addr\n    flags interval\n    elements = { 10.0.0.1, 198.18.0.0/15 }\n  }\n  chain in {\n    type filter hook ingress device rbd0 priority 0;\n    ip saddr @blk drop\n  }\n}\n",
     );
     out.insert(
         "nftables set drop".into(),
@@ -292,7 +318,7 @@ fn throughput() -> BTreeMap<String, Value> {
     );
     let _ = dut.exec(&["nft", "delete", "table", "netdev", "rb"]);
     nft(
-        "table netdev rb { chain in { type filter hook ingress device rbd0 priority 0; meter m { ip saddr limit rate over 100/second } drop } }\n",
+        "table netdev rb {\n  chain in {\n    type filter hook ingress device rbd0 priority 0;\n    meter m { ip saddr limit rate over 100/second } drop\n  }\n}\n",
     );
     out.insert(
         "nftables meter 256 sources".into(),

@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "curl",
     "python3",
     "hping3",
+    "ethtool",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -40,7 +41,7 @@ const STEPS: &[Step] = &[
         name: "Debian packages",
         done: packages_present,
         run: install_packages,
-        by_hand: "apt-get update && apt-get install -y llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 bpftool nftables iptables iputils-ping tcpdump curl python3 hping3",
+        by_hand: "apt-get update && apt-get install -y llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 bpftool nftables iptables iputils-ping tcpdump curl python3 hping3 ethtool",
     },
     Step {
         name: "nightly rust-src (for -Z build-std=core)",

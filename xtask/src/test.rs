@@ -60,5 +60,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     cargo(&["test", "-p", "rampart-tests", "--", "--test-threads=1"])?;
     // The demo doubles as an end-to-end smoke test: it fails if the attack
     // gets through or the client is starved.
-    crate::demo::run()
+    crate::demo::run()?;
+    // A short benchmark run keeps it from rotting; timing decides nothing here.
+    crate::bench::run(true)
 }
