@@ -3,16 +3,25 @@
 //! convert between the two at the moment of the call.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `CLOCK_MONOTONIC` in nanoseconds (the program reads its coarse variant,
-/// which shares the same base).
-pub fn mono_ns() -> u64 {
+fn read_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: ts is a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the program reads its coarse variant,
+/// which shares the same base).
+pub fn mono_ns() -> u64 {
+    read_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// `CLOCK_MONOTONIC_COARSE`: exactly the clock the program reads.
+pub fn mono_coarse_ns() -> u64 {
+    read_ns(libc::CLOCK_MONOTONIC_COARSE)
 }
 
 pub fn unix_now() -> u64 {

@@ -91,6 +91,18 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
         .map_err(|e| error(e.status(), format!("bad request body: {}", e.body_text())))
 }
 
+/// The list a request names and its JSON body, or the 4xx to answer.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the HTTP response to send, built once per request"
+)]
+fn list_request<T>(
+    list: &str,
+    req: Result<Json<T>, JsonRejection>,
+) -> Result<(ListKind, T), Response> {
+    Ok((list_kind(list)?, body(req)?))
+}
+
 /// Records a change in the audit log and returns the response.
 fn audited(
     shared: &Shared,
@@ -273,12 +285,8 @@ async fn list_add(
     Path(list): Path<String>,
     req: Result<Json<AddRequest>, JsonRejection>,
 ) -> Response {
-    let kind = match list_kind(&list) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let req = match body(req) {
-        Ok(r) => r,
+    let (kind, req) = match list_request(&list, req) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     if req.ttl_secs == Some(0) {
@@ -318,12 +326,8 @@ async fn list_del(
     Path(list): Path<String>,
     req: Result<Json<DelRequest>, JsonRejection>,
 ) -> Response {
-    let kind = match list_kind(&list) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let req = match body(req) {
-        Ok(r) => r,
+    let (kind, req) = match list_request(&list, req) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let args = serde_json::json!({"list": list, "prefixes": req.prefixes.iter().map(ToString::to_string).collect::<Vec<_>>()});

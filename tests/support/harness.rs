@@ -27,15 +27,7 @@ pub fn test_capacities() -> Capacities {
 }
 
 /// `CLOCK_MONOTONIC_COARSE`, the clock the program reads.
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use rampart::clock::mono_coarse_ns as now_ns;
 
 pub struct Plane {
     pub dp: Datapath,

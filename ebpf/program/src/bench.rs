@@ -10,6 +10,7 @@ mod filter;
 mod global;
 mod maps;
 mod packet;
+mod runtime;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -73,13 +74,3 @@ pub fn generator(ctx: XdpContext) -> u32 {
     vary_source(&ctx);
     xdp_action::XDP_TX
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -7,6 +7,7 @@ mod filter;
 mod global;
 mod maps;
 mod packet;
+mod runtime;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
@@ -14,13 +15,3 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 pub fn rampart(ctx: XdpContext) -> u32 {
     filter::filter(&ctx)
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
