@@ -4,6 +4,7 @@
 //! removals, never an empty moment.
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,7 +19,7 @@ use crate::{
     config::{Malformed, Validated},
     datapath::{Datapath, DatapathError},
     host,
-    persist::{ListKind, SavedBan, SavedEntry, State},
+    persist::{ListKind, SavedBan, State},
     prefix::Prefix,
 };
 
@@ -30,12 +31,13 @@ pub mod origin_id {
     pub const PROTECTED: u32 = 4;
 }
 
-/// A runtime (CLI or feed) entry.
+/// A runtime (CLI or feed) entry. Origin and reason are shared by all the
+/// entries of one request: a million-entry import holds one copy of each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeEntry {
-    pub origin: String,
+    pub origin: Arc<str>,
     pub expires: Option<u64>,
-    pub reason: Option<String>,
+    pub reason: Option<Arc<str>>,
     pub added: u64,
 }
 
@@ -90,6 +92,56 @@ pub struct ReloadStatus {
     pub errors: Vec<String>,
     pub ok_total: u64,
     pub failed_total: u64,
+}
+
+/// Serializes to the state file's shape (see `persist::State`).
+pub struct StateView<'a> {
+    entries: &'a BTreeMap<(ListKind, Prefix), Sources>,
+    bans: Vec<SavedBan>,
+}
+
+impl Serialize for StateView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let entries = self.entries.iter().filter_map(|((kind, p), src)| {
+            src.runtime.as_ref().map(|r| SavedEntryRef {
+                list: *kind,
+                prefix: *p,
+                origin: &r.origin,
+                expires: r.expires,
+                reason: r.reason.as_deref(),
+                added: r.added,
+            })
+        });
+        let mut st = s.serialize_struct("State", 3)?;
+        st.serialize_field("version", &crate::persist::version())?;
+        st.serialize_field("entries", &SeqOf(std::cell::RefCell::new(Some(entries))))?;
+        st.serialize_field("bans", &self.bans)?;
+        st.end()
+    }
+}
+
+/// A borrowed `SavedEntry`.
+#[derive(Serialize)]
+struct SavedEntryRef<'a> {
+    list: ListKind,
+    prefix: Prefix,
+    origin: &'a str,
+    expires: Option<u64>,
+    reason: Option<&'a str>,
+    added: u64,
+}
+
+/// Serializes an iterator as a sequence, once.
+struct SeqOf<I>(std::cell::RefCell<Option<I>>);
+
+impl<I: Iterator<Item = T>, T: Serialize> Serialize for SeqOf<I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.borrow_mut().take() {
+            Some(it) => s.collect_seq(it),
+            None => s.collect_seq(std::iter::empty::<T>()),
+        }
+    }
 }
 
 pub struct Core {
@@ -248,17 +300,9 @@ impl Core {
         Ok(())
     }
 
-    /// Makes the kernel entry for `key` match its sources.
-    fn sync(&mut self, key: (ListKind, Prefix)) -> Result<(), CoreError> {
-        let list = list_of(key.0);
-        let Some(s) = self.entries.get(&key) else {
-            return Ok(());
-        };
-        if s.is_empty() {
-            self.dp.list_remove(list, &key.1)?;
-            self.entries.remove(&key);
-            return Ok(());
-        }
+    /// The kernel entry `key`'s sources call for; None when it has none.
+    fn kernel_entry(&self, key: &(ListKind, Prefix)) -> Option<ListEntry> {
+        let s = self.entries.get(key).filter(|s| !s.is_empty())?;
         let permanent = s.config || s.protected;
         let (expires_ns, origin) = match (&s.runtime, permanent) {
             (_, true) => (
@@ -280,12 +324,22 @@ impl Core {
             (None, false) => (0, origin_id::CONFIG),
         };
         let dry = key.0 == ListKind::Block && self.cfg.config.blocklist.dry_run;
-        let entry = ListEntry {
+        Some(ListEntry {
             expires_ns,
             origin,
             flags: if dry { entry_flag::DRY_RUN } else { 0 },
-        };
-        self.dp.list_insert(list, &key.1, entry)?;
+        })
+    }
+
+    /// Makes the kernel entry for `key` match its sources.
+    fn sync(&mut self, key: (ListKind, Prefix)) -> Result<(), CoreError> {
+        match self.kernel_entry(&key) {
+            Some(entry) => self.dp.list_insert(list_of(key.0), &key.1, entry)?,
+            None => {
+                self.dp.list_remove(list_of(key.0), &key.1)?;
+                self.entries.remove(&key);
+            }
+        }
         Ok(())
     }
 
@@ -337,16 +391,24 @@ impl Core {
         }
         let expires = ttl.map(|t| clock::unix_now() + t.as_secs().max(1));
         let now = clock::unix_now();
+        let origin: Arc<str> = Arc::from(origin);
+        let reason: Option<Arc<str>> = reason.map(Arc::from);
+        let mut items = Vec::with_capacity(prefixes.len());
         for p in prefixes {
-            let s = self.entries.entry((kind, *p)).or_default();
-            s.runtime = Some(RuntimeEntry {
-                origin: origin.to_string(),
+            let key = (kind, *p);
+            let is_new = !self.entries.contains_key(&key);
+            self.entries.entry(key).or_default().runtime = Some(RuntimeEntry {
+                origin: origin.clone(),
                 expires,
                 reason: reason.clone(),
                 added: now,
             });
-            self.sync((kind, *p))?;
+            if let Some(entry) = self.kernel_entry(&key) {
+                items.push((*p, entry, is_new));
+            }
         }
+        // One batch: a million entries in a few syscalls.
+        self.dp.list_insert_many(list_of(kind), &items)?;
         self.dirty = true;
         Ok(())
     }
@@ -397,11 +459,11 @@ impl Core {
                 let mut expires = None;
                 let mut reason = None;
                 if let Some(r) = &s.runtime {
-                    origin.push(r.origin.clone());
+                    origin.push(r.origin.to_string());
                     if !s.config && !s.protected {
                         expires = r.expires;
                     }
-                    reason = r.reason.clone();
+                    reason = r.reason.as_deref().map(str::to_string);
                 }
                 EntryRow {
                     prefix: *p,
@@ -489,22 +551,9 @@ impl Core {
         Ok(n)
     }
 
-    /// Runtime state to persist.
-    pub fn snapshot(&self) -> Result<State, CoreError> {
-        let entries = self
-            .entries
-            .iter()
-            .filter_map(|((kind, p), s)| {
-                s.runtime.as_ref().map(|r| SavedEntry {
-                    list: *kind,
-                    prefix: *p,
-                    origin: r.origin.clone(),
-                    expires: r.expires,
-                    reason: r.reason.clone(),
-                    added: r.added,
-                })
-            })
-            .collect();
+    /// Runtime state to persist, as a view that serializes like
+    /// [`State`] straight from the registry (no copy of every entry).
+    pub fn snapshot(&self) -> Result<StateView<'_>, CoreError> {
         let bans = self
             .dp
             .bans()?
@@ -516,9 +565,8 @@ impl Core {
                 policy: b.policy,
             })
             .collect();
-        Ok(State {
-            version: 1,
-            entries,
+        Ok(StateView {
+            entries: &self.entries,
             bans,
         })
     }
@@ -543,9 +591,9 @@ impl Core {
             }
             let s = self.entries.entry((e.list, e.prefix)).or_default();
             s.runtime = Some(RuntimeEntry {
-                origin: e.origin.clone(),
+                origin: Arc::from(e.origin.as_str()),
                 expires: e.expires,
-                reason: e.reason.clone(),
+                reason: e.reason.as_deref().map(Arc::from),
                 added: e.added,
             });
             self.sync((e.list, e.prefix))?;

@@ -405,13 +405,14 @@ async fn watch_config(shared: Arc<Shared>) {
 
 /// Persists runtime state; on failure, reports it and retries on the next tick.
 pub fn save_state(shared: &Shared) {
-    let snapshot = {
+    // Written under the lock: the view streams from the registry. Control
+    // requests wait for it; the data plane never does.
+    let result = {
         let core = lock(&shared.core);
-        core.snapshot()
-    };
-    let result = match snapshot {
-        Ok(s) => persist::save(&shared.state_dir, &s).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+        match core.snapshot() {
+            Ok(s) => persist::save(&shared.state_dir, &s).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     };
     let mut err = lock(&shared.state_error);
     match result {

@@ -6,6 +6,7 @@
 //! through the double-buffered `CONFIG` map.
 use std::{
     collections::BTreeMap,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -136,6 +137,16 @@ pub struct Datapath {
     policy_cache: Vec<Policy>,
     /// The XDP program's name in the object.
     program: &'static str,
+    /// Duplicated fds of the list maps, for batch updates (aya has none).
+    list_fds: ListFds,
+}
+
+/// Raw fds of the four list maps.
+struct ListFds {
+    allow_v4: OwnedFd,
+    allow_v6: OwnedFd,
+    block_v4: OwnedFd,
+    block_v6: OwnedFd,
 }
 
 /// Names of every map, with the pin file each has under a pin directory.
@@ -213,6 +224,32 @@ impl Datapath {
                     .map_err(map_err($name))?
             };
         }
+        // The list maps' fds are duplicated before typing, for batch updates.
+        macro_rules! take_with_fd {
+            ($name:expr) => {{
+                let map = ebpf.take_map($name).ok_or_else(|| {
+                    DatapathError::Invalid(format!("the object has no map {}", $name))
+                })?;
+                let fd = match &map {
+                    aya::maps::Map::HashMap(d) => {
+                        d.fd().as_fd().try_clone_to_owned().map_err(|e| {
+                            DatapathError::Invalid(format!("duplicating the fd of {}: {e}", $name))
+                        })?
+                    }
+                    _ => {
+                        return Err(DatapathError::Invalid(format!(
+                            "{} is not a hash map",
+                            $name
+                        )));
+                    }
+                };
+                (map.try_into().map_err(map_err($name))?, fd)
+            }};
+        }
+        let (allow_v4, allow_v4_fd) = take_with_fd!(map_name::ALLOW_V4);
+        let (allow_v6, allow_v6_fd) = take_with_fd!(map_name::ALLOW_V6);
+        let (block_v4, block_v4_fd) = take_with_fd!(map_name::BLOCK_V4);
+        let (block_v6, block_v6_fd) = take_with_fd!(map_name::BLOCK_V6);
         let config_maps: Array<MapData, Config> = take!(map_name::CONFIG);
         let config_active: Array<MapData, u32> = take!(map_name::CONFIG_ACTIVE);
         let active = config_active
@@ -230,10 +267,10 @@ impl Datapath {
             iface_slots: take!(map_name::IFACE_SLOTS),
             counters: take!(map_name::COUNTERS),
             stats: take!(map_name::STATS),
-            allow_v4: take!(map_name::ALLOW_V4),
-            allow_v6: take!(map_name::ALLOW_V6),
-            block_v4: take!(map_name::BLOCK_V4),
-            block_v6: take!(map_name::BLOCK_V6),
+            allow_v4,
+            allow_v6,
+            block_v4,
+            block_v6,
             bans_v4: take!(map_name::BANS_V4),
             bans_v6: take!(map_name::BANS_V6),
             policies: take!(map_name::POLICIES),
@@ -245,6 +282,12 @@ impl Datapath {
             capacities,
             policy_cache: Vec::new(),
             program,
+            list_fds: ListFds {
+                allow_v4: allow_v4_fd,
+                allow_v6: allow_v6_fd,
+                block_v4: block_v4_fd,
+                block_v6: block_v6_fd,
+            },
         };
         dp.recount_lens()?;
         if dp.config.rate_set_mask == 0 || dp.config.hash_seed == 0 {
@@ -411,6 +454,67 @@ impl Datapath {
             if *n == 1 {
                 self.publish(self.config)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces many entries with batch map updates (one syscall per
+    /// 64k entries). Each item says whether the list did not hold it yet
+    /// (for the prefix-length counts); new lengths are published after the
+    /// entries are in, as with single inserts.
+    pub fn list_insert_many(
+        &mut self,
+        list: List,
+        items: &[(Prefix, ListEntry, bool)],
+    ) -> Result<(), DatapathError> {
+        let mut v4 = BTreeMap::new();
+        let mut v6 = BTreeMap::new();
+        for (p, _, is_new) in items {
+            let lens = if p.is_ipv4() { &mut v4 } else { &mut v6 };
+            if *is_new {
+                *lens.entry(p.prefix_len()).or_insert(0u64) += 1;
+            }
+        }
+        let counts = self.lens_mut(list);
+        for (fam, add) in [(true, &v4), (false, &v6)] {
+            let have = counts.family(fam);
+            let distinct = have
+                .keys()
+                .chain(add.keys())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            if distinct > MAX_PREFIX_LENS {
+                return Err(DatapathError::Invalid(format!(
+                    "a list can hold at most {MAX_PREFIX_LENS} distinct prefix lengths per family"
+                )));
+            }
+        }
+        let (k4, e4): (Vec<V4Key>, Vec<ListEntry>) = items
+            .iter()
+            .filter_map(|(p, e, _)| p.v4_key().map(|k| (k, *e)))
+            .unzip();
+        let (k6, e6): (Vec<V6Key>, Vec<ListEntry>) = items
+            .iter()
+            .filter_map(|(p, e, _)| p.v6_key().map(|k| (k, *e)))
+            .unzip();
+        let (fd4, fd6) = match list {
+            List::Allow => (&self.list_fds.allow_v4, &self.list_fds.allow_v6),
+            List::Block => (&self.list_fds.block_v4, &self.list_fds.block_v6),
+        };
+        batch_update(fd4, &k4, &e4)?;
+        batch_update(fd6, &k6, &e6)?;
+        let counts = self.lens_mut(list);
+        let mut new_len = false;
+        for (fam, add) in [(true, v4), (false, v6)] {
+            let have = counts.family(fam);
+            for (len, n) in add {
+                let c = have.entry(len).or_default();
+                new_len |= *c == 0;
+                *c += n;
+            }
+        }
+        if new_len {
+            self.publish(self.config)?;
         }
         Ok(())
     }
@@ -738,6 +842,59 @@ impl Tables for ReadOnlyView<'_> {
     fn count(&self, _stat: u32) {}
 
     fn ban_started(&self, _ban: &BanStarted) {}
+}
+
+/// `BPF_MAP_UPDATE_BATCH` (Linux 5.6): aya 0.14 has no batch API.
+fn batch_update<K: aya::Pod, V: aya::Pod>(
+    fd: &OwnedFd,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), DatapathError> {
+    // The batch member of union bpf_attr.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    const CHUNK: usize = 1 << 16;
+    for (kc, vc) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: kc.as_ptr() as u64,
+            values: vc.as_ptr() as u64,
+            count: kc.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: attr points to valid key and value arrays of `count`
+        // elements each, of the map's key and value types, alive for the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(DatapathError::Invalid(format!(
+                "batch update failed after {} of {} entries: {e}",
+                attr.count,
+                kc.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn lens_of(mut v: Vec<u8>) -> PrefixLens {

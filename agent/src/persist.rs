@@ -98,24 +98,26 @@ fn set_aside(path: &Path, why: &str) -> String {
 }
 
 /// Writes the state atomically: a reader (or a crash) sees the old file or
-/// the new one, never a mix.
-pub fn save(dir: &Path, state: &State) -> std::io::Result<()> {
+/// the new one, never a mix. `state` serializes to the shape of [`State`]
+/// (the agent passes a view over its registry, so a million entries are
+/// streamed to the file rather than copied first).
+pub fn save(dir: &Path, state: &impl Serialize) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
     let path = dir.join(STATE_FILE);
     let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-    let mut body = serde_json::to_vec_pretty(&State {
-        version: STATE_VERSION,
-        ..state.clone()
-    })
-    .map_err(std::io::Error::other)?;
-    body.push(b'\n');
     {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        serde_json::to_writer(&mut w, state).map_err(std::io::Error::other)?;
+        w.write_all(b"\n")?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
     fs::rename(&tmp, &path)?;
     File::open(dir)?.sync_all()
+}
+
+/// The version written with every state file.
+pub const fn version() -> u32 {
+    STATE_VERSION
 }
 
 #[cfg(test)]

@@ -146,6 +146,11 @@ impl Lab {
         bail!("the agent did not come up:\n{}", self.log())
     }
 
+    /// The agent's process id while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }

@@ -27,6 +27,9 @@ enum Task {
         /// A short smoke run (no docs written).
         #[arg(long)]
         quick: bool,
+        /// Only re-render docs/benchmarks.md from docs/bench-results.json.
+        #[arg(long, conflicts_with = "quick")]
+        report_only: bool,
     },
     /// Rampart stopping an attack in a lab of network namespaces.
     Demo,
@@ -46,7 +49,9 @@ fn main() {
         Task::Setup => setup::run(),
         Task::Build => setup::run().and_then(|()| build()),
         Task::Manifests { check } => manifests::run(check),
-        Task::Bench { quick } => setup::run().and_then(|()| bench::run(quick)),
+        Task::Bench { quick, report_only } => {
+            setup::run().and_then(|()| bench::run_with(quick, report_only))
+        }
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Test(args) => setup::run().and_then(|()| test::run(&args)),
     };
