@@ -31,40 +31,19 @@ fn native_attach_drops_blocked_source_and_delivers_others() -> anyhow::Result<()
         let _in = InNetns::enter(&server)?;
         dp.program_mut()?.attach("rpa0", XdpMode::Driver)?;
     }
-    // Warm ARP both ways from the allowed address first.
-    let ok = client
-        .command("ping")
-        .args([
-            "-c",
-            "5",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "-I",
-            "10.210.0.2",
-            "10.210.0.1",
-        ])
-        .output()?;
+    let ping = |from: &str| {
+        client
+            .command("ping")
+            .args(["-c", "5", "-i", "0.2", "-W", "1", "-I", from, "10.210.0.1"])
+            .output()
+    };
+    let ok = ping("10.210.0.2")?;
     assert!(
         ok.status.success(),
         "allowed source: {}",
         String::from_utf8_lossy(&ok.stdout)
     );
-    let blocked = client
-        .command("ping")
-        .args([
-            "-c",
-            "5",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "-I",
-            "10.210.0.3",
-            "10.210.0.1",
-        ])
-        .output()?;
+    let blocked = ping("10.210.0.3")?;
     let text = String::from_utf8_lossy(&blocked.stdout);
     assert!(
         !blocked.status.success() && text.contains("100% packet loss"),

@@ -140,15 +140,15 @@ fn cases() -> u32 {
         .unwrap_or(3000)
 }
 
-#[test]
-fn kernel_and_model_agree_on_random_frames() {
-    let p = plane();
+/// Runs `cases()` frames from `strategy` through the kernel and the model;
+/// panics with the first frame they disagree on.
+fn agree_on(p: &Plane, strategy: impl Strategy<Value = Vec<u8>>) {
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: cases(),
         failure_persistence: None,
         ..ProptestConfig::default()
     });
-    let result = runner.run(&frame_strategy(), |frame| {
+    let result = runner.run(&strategy, |frame| {
         let out = p.run(&frame);
         let v = p.model_verdict(&frame);
         prop_assert_eq!((v.action, v.reason), out.counted, "frame {:02x?}", frame);
@@ -161,13 +161,12 @@ fn kernel_and_model_agree_on_random_frames() {
 }
 
 #[test]
+fn kernel_and_model_agree_on_random_frames() {
+    agree_on(&plane(), frame_strategy());
+}
+
+#[test]
 fn kernel_and_model_agree_on_random_bytes() {
-    let p = plane();
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
     // Random bytes behind a valid Ethernet header of a random IP ethertype.
     let strat = (
         prop::sample::select(vec![0x0800u16, 0x86dd, 0x8100, 0x88a8, 0x0806]),
@@ -179,13 +178,5 @@ fn kernel_and_model_agree_on_random_bytes() {
             f.extend(body);
             f
         });
-    let result = runner.run(&strat, |frame| {
-        let out = p.run(&frame);
-        let v = p.model_verdict(&frame);
-        prop_assert_eq!((v.action, v.reason), out.counted, "frame {:02x?}", frame);
-        Ok(())
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    agree_on(&plane(), strat);
 }
