@@ -85,5 +85,18 @@ pub struct Explain {
     pub because: Vec<String>,
 }
 
+/// `rampart feeds list`: every configured feed and the CrowdSec bouncer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FeedsView {
+    pub feeds: Vec<crate::feeds::FeedStatus>,
+    pub crowdsec: Option<crate::crowdsec::CrowdsecStatus>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RefreshRequest {
+    /// None: every feed.
+    pub name: Option<String>,
+}
+
 pub type Entries = Vec<EntryRow>;
 pub type Bans = Vec<BanRow>;

@@ -14,6 +14,8 @@ use crate::{
     client::Client,
     clock,
     config::{self, LogFormat},
+    crowdsec::CrowdsecStatus,
+    feeds::FeedStatus,
     prefix::Prefix,
 };
 
@@ -83,6 +85,18 @@ pub enum Command {
     },
     /// Re-read and apply the config file (invalid: nothing changes).
     Reload,
+    /// Threat feeds and the CrowdSec bouncer.
+    #[command(subcommand)]
+    Feeds(FeedsCmd),
+}
+
+#[derive(Subcommand)]
+pub enum FeedsCmd {
+    /// Every feed: entries, skipped entries, last success, last error.
+    List,
+    /// Fetch and apply a feed now (all feeds without NAME). Exits 1 if a
+    /// refresh failed; the feed then keeps its last good version.
+    Refresh { name: Option<String> },
 }
 
 #[derive(Args)]
@@ -247,6 +261,30 @@ pub async fn run(cli: Cli) -> Result<(), String> {
                 s
             });
             Ok(())
+        }
+        Command::Feeds(FeedsCmd::List) => {
+            let v: api::FeedsView = c.get("/v1/feeds").await.map_err(e)?;
+            emit(out, &v, || feeds_table(&v.feeds, v.crowdsec.as_ref()));
+            Ok(())
+        }
+        Command::Feeds(FeedsCmd::Refresh { name }) => {
+            let r: Vec<FeedStatus> = c
+                .post("/v1/feeds/refresh", &api::RefreshRequest { name })
+                .await
+                .map_err(e)?;
+            emit(out, &r, || feeds_table(&r, None));
+            let failed: Vec<String> = r
+                .iter()
+                .filter_map(|f| f.last_error.as_ref().map(|e| format!("{}: {e}", f.name)))
+                .collect();
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "refresh failed (the last good version stays): {}",
+                    failed.join("; ")
+                ))
+            }
         }
         Command::Reload => {
             let r: Changed = c
@@ -457,6 +495,57 @@ fn stat_table(rows: &[StatRow], rates: Option<&[f64]>) -> String {
                 v
             })
             .collect(),
+    )
+}
+
+fn ago(t: u64) -> String {
+    if t == 0 {
+        return "never".into();
+    }
+    let now = clock::unix_now();
+    format!(
+        "{} ago",
+        clock::human(Duration::from_secs(now.saturating_sub(t)))
+    )
+}
+
+fn feeds_table(feeds: &[FeedStatus], crowdsec: Option<&CrowdsecStatus>) -> String {
+    let mut rows: Vec<Vec<String>> = feeds
+        .iter()
+        .map(|f| {
+            vec![
+                f.name.clone(),
+                f.action.clone(),
+                f.entries.to_string(),
+                format!(
+                    "{}/{}/{}",
+                    f.skipped_protected, f.skipped_allowlisted, f.skipped_invalid
+                ),
+                ago(f.last_success),
+                f.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    if let Some(c) = crowdsec {
+        rows.push(vec![
+            "crowdsec".into(),
+            "block".into(),
+            c.active.to_string(),
+            format!("{}/-/{}", c.skipped_protected_total, c.ignored_total),
+            ago(c.last_success),
+            c.last_error.clone().unwrap_or_default(),
+        ]);
+    }
+    table(
+        &[
+            "FEED",
+            "ACTION",
+            "ENTRIES",
+            "SKIPPED (PROT/ALLOW/INVALID)",
+            "LAST SUCCESS",
+            "LAST ERROR",
+        ],
+        rows,
     )
 }
 

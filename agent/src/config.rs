@@ -10,7 +10,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::{datapath::Capacities, policy::PolicySpec, prefix::Prefix};
+use crate::{
+    crowdsec::CrowdsecSection, datapath::Capacities, feed::FeedSpec, policy::PolicySpec,
+    prefix::Prefix,
+};
 
 /// The configuration used when the config file does not exist.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -38,6 +41,11 @@ pub struct Config {
     pub blocklist: ListSection,
     #[serde(default, rename = "policy")]
     pub policies: Vec<Spanned<PolicySpec>>,
+    #[serde(default, rename = "feed")]
+    pub feeds: Vec<Spanned<FeedSpec>>,
+    /// Present: follow a CrowdSec local API's decisions as a bouncer.
+    #[serde(default)]
+    pub crowdsec: Option<CrowdsecSection>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -360,6 +368,39 @@ pub fn parse(text: &str, file: &str) -> Result<Validated, ConfigErrors> {
                 rampart_common::abi::MAX_POLICIES
             ),
         );
+    }
+    let mut feed_names = std::collections::HashSet::new();
+    for (i, f) in config.feeds.iter().enumerate() {
+        let spec = f.get_ref();
+        if let Err(m) = spec.validate() {
+            err(f.span(), format!("feed[{i}]"), m);
+        }
+        if !feed_names.insert(spec.name.clone()) {
+            err(
+                f.span(),
+                format!("feed[{i}].name"),
+                format!(
+                    "'{}' is used by an earlier feed; names must be unique",
+                    spec.name
+                ),
+            );
+        }
+    }
+    if config.feeds.len() > crate::feed::MAX_FEEDS {
+        err(
+            0..0,
+            "feed".into(),
+            format!(
+                "{} feeds exceed the maximum of {}",
+                config.feeds.len(),
+                crate::feed::MAX_FEEDS
+            ),
+        );
+    }
+    if let Some(cs) = &config.crowdsec {
+        if let Err(m) = cs.validate() {
+            err(0..0, "crowdsec".into(), m);
+        }
     }
     let metrics_addr = match config.metrics.listen.parse::<SocketAddr>() {
         Ok(a) => Some(a),

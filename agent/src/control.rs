@@ -173,6 +173,8 @@ pub async fn start(shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
         .route("/v1/top", get(top))
         .route("/v1/explain", get(explain))
         .route("/v1/reload", post(reload_handler))
+        .route("/v1/feeds", get(feeds_list))
+        .route("/v1/feeds/refresh", post(feeds_refresh))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -478,6 +480,76 @@ async fn reload_handler(State(s): Shr, ConnectInfo(peer): ConnectInfo<Peer>) -> 
     audited(&s, &peer, "reload", serde_json::json!({}), resp)
 }
 
+async fn feeds_list(State(s): Shr) -> Response {
+    let configured = crate::feeds::configured(&s);
+    let book = s.feeds.statuses();
+    // Configured feeds not tried yet are listed too.
+    let feeds = configured
+        .iter()
+        .map(|spec| {
+            book.iter()
+                .find(|b| b.name == spec.name)
+                .cloned()
+                .unwrap_or_else(|| crate::feeds::FeedStatus {
+                    name: spec.name.clone(),
+                    source: spec.source.clone(),
+                    action: format!("{:?}", spec.action).to_lowercase(),
+                    ..Default::default()
+                })
+        })
+        .collect();
+    Json(api::FeedsView {
+        feeds,
+        crowdsec: lock(&s.crowdsec.status).clone(),
+    })
+    .into_response()
+}
+
+async fn feeds_refresh(
+    State(s): Shr,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: Result<Json<api::RefreshRequest>, JsonRejection>,
+) -> Response {
+    let req = match req {
+        Ok(Json(r)) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let specs = crate::feeds::configured(&s);
+    let chosen: Vec<_> = specs
+        .iter()
+        .filter(|f| req.name.as_ref().is_none_or(|n| *n == f.name))
+        .cloned()
+        .collect();
+    let args = serde_json::json!({"name": req.name});
+    if chosen.is_empty() {
+        let names: Vec<&str> = specs.iter().map(|f| f.name.as_str()).collect();
+        let msg = match &req.name {
+            Some(n) => format!(
+                "no feed named '{n}' (configured: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+            None => "no feeds are configured ([[feed]] in the config file)".into(),
+        };
+        return audited(
+            &s,
+            &peer,
+            "feeds.refresh",
+            args,
+            error(StatusCode::NOT_FOUND, msg),
+        );
+    }
+    let mut out = Vec::new();
+    for spec in &chosen {
+        out.push(crate::feeds::refresh(&s, spec).await);
+    }
+    // The refresh ran either way; each feed's result is in its status.
+    audited(&s, &peer, "feeds.refresh", args, Json(out).into_response())
+}
+
 /// The metrics server: GET /metrics, /healthz, /readyz and nothing else.
 pub async fn start_metrics(shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
     let addr = lock(&shared.core).cfg.metrics_addr;
@@ -509,6 +581,10 @@ async fn metrics(State(s): Shr) -> Response {
     let text = tokio::task::spawn_blocking(move || {
         let slots = lock(&shared.slots).clone();
         let ifaces = lock(&shared.ifaces).clone();
+        let crowdsec = lock(&shared.crowdsec.status).clone();
+        shared
+            .metrics
+            .set_sources(&shared.feeds.statuses(), crowdsec.as_ref());
         let core = lock(&shared.core);
         shared.metrics.render(&core, &slots, &ifaces)
     })

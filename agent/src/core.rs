@@ -29,7 +29,14 @@ pub mod origin_id {
     pub const CLI: u32 = 2;
     pub const FEED: u32 = 3;
     pub const PROTECTED: u32 = 4;
+    pub const CROWDSEC: u32 = 5;
 }
+
+/// The runtime origin of entries that follow CrowdSec decisions.
+pub const CROWDSEC_ORIGIN: &str = "crowdsec";
+
+mod feed_swap;
+pub use feed_swap::FeedApplied;
 
 /// A runtime (CLI or feed) entry. Origin and reason are shared by all the
 /// entries of one request: a million-entry import holds one copy of each.
@@ -41,17 +48,27 @@ pub struct RuntimeEntry {
     pub added: u64,
 }
 
+/// A runtime entry to add: prefix, expiry (Unix seconds; None never) and reason.
+pub type NewEntry = (Prefix, Option<u64>, Option<Arc<str>>);
+
 /// Why an entry is in a list; it stays while any source remains.
 #[derive(Clone, Debug, Default)]
 struct Sources {
     config: bool,
     protected: bool,
     runtime: Option<RuntimeEntry>,
+    /// One bit per feed slot (see `Core::feed_slots`).
+    feeds: u64,
 }
 
 impl Sources {
     fn is_empty(&self) -> bool {
-        !self.config && !self.protected && self.runtime.is_none()
+        !self.config && !self.protected && self.runtime.is_none() && self.feeds == 0
+    }
+
+    /// Held by something that does not expire.
+    fn permanent(&self) -> bool {
+        self.config || self.protected || self.feeds != 0
     }
 }
 
@@ -157,6 +174,8 @@ pub struct Core {
     pub policy_names: Vec<String>,
     /// Rate-table slots in use, as last counted by housekeeping.
     pub rate_slots_used: u64,
+    /// Feed name to its bit in `Sources::feeds`.
+    feed_slots: BTreeMap<String, u32>,
 }
 
 fn list_of(kind: ListKind) -> List {
@@ -181,6 +200,7 @@ impl Core {
             refused_total: 0,
             policy_names: Vec::new(),
             rate_slots_used: 0,
+            feed_slots: BTreeMap::new(),
         };
         core.apply(cfg, true)?;
         // Entries in the maps (re-adopted pins) that no source claims were
@@ -194,7 +214,7 @@ impl Core {
     }
 
     /// The protected ranges `p` overlaps, comma-separated; None if none.
-    fn protected_hit(&self, p: &Prefix) -> Option<String> {
+    pub fn protected_hit(&self, p: &Prefix) -> Option<String> {
         let hits: Vec<String> = self
             .protected
             .iter()
@@ -238,11 +258,11 @@ impl Core {
         // Kernel-wide settings first, so new entries meet the new dry-run.
         let c = &new.config;
         self.dp.update_config(|k: &mut KernelConfig| {
-            k.flags = if c.agent.dry_run {
-                config_flag::DRY_RUN
-            } else {
-                0
-            };
+            // Only dry-run: the list generation bit belongs to feed swaps.
+            k.flags &= !config_flag::DRY_RUN;
+            if c.agent.dry_run {
+                k.flags |= config_flag::DRY_RUN;
+            }
             k.malformed_pass = u32::from(c.agent.malformed == Malformed::Pass);
             k.sample_every = c.events.sample_every;
             k.sample_cap_per_sec = c.events.max_per_second;
@@ -303,25 +323,19 @@ impl Core {
     /// The kernel entry `key`'s sources call for; None when it has none.
     fn kernel_entry(&self, key: &(ListKind, Prefix)) -> Option<ListEntry> {
         let s = self.entries.get(key).filter(|s| !s.is_empty())?;
-        let permanent = s.config || s.protected;
-        let (expires_ns, origin) = match (&s.runtime, permanent) {
-            (_, true) => (
-                0,
-                if s.protected {
-                    origin_id::PROTECTED
-                } else {
-                    origin_id::CONFIG
-                },
-            ),
-            (Some(r), false) => (
+        let (expires_ns, origin) = match &s.runtime {
+            _ if s.protected => (0, origin_id::PROTECTED),
+            _ if s.config => (0, origin_id::CONFIG),
+            _ if s.feeds != 0 => (0, origin_id::FEED),
+            Some(r) => (
                 r.expires.map_or(0, clock::mono_deadline),
-                if r.origin.starts_with("feed:") {
-                    origin_id::FEED
+                if &*r.origin == CROWDSEC_ORIGIN {
+                    origin_id::CROWDSEC
                 } else {
                     origin_id::CLI
                 },
             ),
-            (None, false) => (0, origin_id::CONFIG),
+            None => (0, origin_id::CONFIG),
         };
         let dry = key.0 == ListKind::Block && self.cfg.config.blocklist.dry_run;
         Some(ListEntry {
@@ -352,6 +366,25 @@ impl Core {
         reason: Option<String>,
         origin: &str,
     ) -> Result<(), CoreError> {
+        let expires = ttl.map(|t| clock::unix_now() + t.as_secs().max(1));
+        let reason: Option<Arc<str>> = reason.map(Arc::from);
+        let items: Vec<_> = prefixes
+            .iter()
+            .map(|p| (*p, expires, reason.clone()))
+            .collect();
+        self.add_each(kind, &items, origin)
+    }
+
+    /// Adds runtime entries, each with its own expiry (Unix seconds) and
+    /// reason. All are checked first; one refusal changes nothing.
+    pub fn add_each(
+        &mut self,
+        kind: ListKind,
+        items: &[NewEntry],
+        origin: &str,
+    ) -> Result<(), CoreError> {
+        let prefixes: Vec<Prefix> = items.iter().map(|(p, _, _)| *p).collect();
+        let prefixes = &prefixes[..];
         if kind == ListKind::Block {
             let hits: Vec<String> = prefixes
                 .iter()
@@ -389,26 +422,24 @@ impl Core {
                 "the {kind:?} list is full: {n4}/{cap4} IPv4 and {n6}/{cap6} IPv6 entries, {add4}+{add6} more requested; nothing was added (raise [capacity] and restart, or remove entries)"
             )));
         }
-        let expires = ttl.map(|t| clock::unix_now() + t.as_secs().max(1));
         let now = clock::unix_now();
         let origin: Arc<str> = Arc::from(origin);
-        let reason: Option<Arc<str>> = reason.map(Arc::from);
-        let mut items = Vec::with_capacity(prefixes.len());
-        for p in prefixes {
+        let mut batch = Vec::with_capacity(items.len());
+        for (p, expires, reason) in items {
             let key = (kind, *p);
             let is_new = !self.entries.contains_key(&key);
             self.entries.entry(key).or_default().runtime = Some(RuntimeEntry {
                 origin: origin.clone(),
-                expires,
+                expires: *expires,
                 reason: reason.clone(),
                 added: now,
             });
             if let Some(entry) = self.kernel_entry(&key) {
-                items.push((*p, entry, is_new));
+                batch.push((*p, entry, is_new));
             }
         }
         // One batch: a million entries in a few syscalls.
-        self.dp.list_insert_many(list_of(kind), &items)?;
+        self.dp.list_insert_many(list_of(kind), &batch)?;
         self.dirty = true;
         Ok(())
     }
@@ -420,6 +451,12 @@ impl Core {
         for p in prefixes {
             match self.entries.get(&(kind, *p)) {
                 None => problems.push(format!("{p} is not on the list")),
+                Some(s) if s.runtime.is_none() && !s.config && !s.protected => {
+                    problems.push(format!(
+                        "{p} comes from feed {}; it follows the feed (remove it at the source, or allowlist it)",
+                        self.feed_names(s.feeds).join(", ")
+                    ));
+                }
                 Some(s) if s.runtime.is_none() => problems.push(format!(
                     "{p} comes from the config file ({}); remove it there and reload",
                     if s.protected {
@@ -444,6 +481,53 @@ impl Core {
         Ok(prefixes.len())
     }
 
+    /// Removes the runtime entries among `prefixes` that `origin` added;
+    /// others are left alone. Returns how many were removed.
+    pub fn remove_from(
+        &mut self,
+        kind: ListKind,
+        prefixes: &[Prefix],
+        origin: &str,
+    ) -> Result<usize, CoreError> {
+        let mut n = 0;
+        for p in prefixes {
+            let key = (kind, *p);
+            let ours = self
+                .entries
+                .get(&key)
+                .and_then(|s| s.runtime.as_ref())
+                .is_some_and(|r| &*r.origin == origin);
+            if ours {
+                if let Some(s) = self.entries.get_mut(&key) {
+                    s.runtime = None;
+                }
+                self.sync(key)?;
+                n += 1;
+            }
+        }
+        self.dirty |= n > 0;
+        Ok(n)
+    }
+
+    /// Runtime entries added by `origin`.
+    pub fn runtime_of(&self, kind: ListKind, origin: &str) -> Vec<Prefix> {
+        self.entries
+            .iter()
+            .filter(|((k, _), s)| {
+                *k == kind && s.runtime.as_ref().is_some_and(|r| &*r.origin == origin)
+            })
+            .map(|((_, p), _)| *p)
+            .collect()
+    }
+
+    fn feed_names(&self, bits: u64) -> Vec<String> {
+        self.feed_slots
+            .iter()
+            .filter(|(_, slot)| bits & (1 << **slot) != 0)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     pub fn rows(&self, kind: ListKind, matching: Option<std::net::IpAddr>) -> Vec<EntryRow> {
         self.entries
             .iter()
@@ -456,11 +540,14 @@ impl Core {
                 if s.protected {
                     origin.push("protected".to_string());
                 }
+                for name in self.feed_names(s.feeds) {
+                    origin.push(format!("feed:{name}"));
+                }
                 let mut expires = None;
                 let mut reason = None;
                 if let Some(r) = &s.runtime {
                     origin.push(r.origin.to_string());
-                    if !s.config && !s.protected {
+                    if !s.permanent() {
                         expires = r.expires;
                     }
                     reason = r.reason.as_deref().map(str::to_string);
@@ -642,9 +729,11 @@ impl Core {
                 "config".to_string()
             } else if s.protected {
                 "protected".to_string()
+            } else if s.feeds != 0 {
+                "feed".to_string()
             } else if let Some(r) = &s.runtime {
-                if r.origin.starts_with("feed:") {
-                    "feed".into()
+                if &*r.origin == CROWDSEC_ORIGIN {
+                    CROWDSEC_ORIGIN.into()
                 } else {
                     "cli".into()
                 }

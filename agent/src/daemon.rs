@@ -54,6 +54,8 @@ pub struct Shared {
     pub state_dir: PathBuf,
     pub state_error: Mutex<Option<String>>,
     config_hash: Mutex<u64>,
+    pub feeds: crate::feeds::Feeds,
+    pub crowdsec: crate::crowdsec::Bouncer,
 }
 
 /// Locks a mutex, recovering from poisoning: a panicked holder must not take
@@ -154,6 +156,15 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
     {
         tracing::warn!("{note}");
     }
+    let feeds = crate::feeds::Feeds::new(&state_dir);
+    let specs: Vec<_> = core
+        .cfg
+        .config
+        .feeds
+        .iter()
+        .map(|f| f.get_ref().clone())
+        .collect();
+    feeds.restore_cached(&mut core, &specs);
     if state_problem.is_none() {
         let n = core.forget_unclaimed()?;
         if n > 0 {
@@ -185,6 +196,8 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
         state_dir,
         state_error: Mutex::new(state_problem),
         config_hash: Mutex::new(config_hash),
+        feeds,
+        crowdsec: crate::crowdsec::Bouncer::default(),
     });
     shared.metrics.record_reload(true);
     sync_interfaces(&shared);
@@ -194,6 +207,8 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
     let metrics = crate::control::start_metrics(shared.clone()).await?;
     tokio::spawn(watch_config(shared.clone()));
     tokio::spawn(housekeeping(shared.clone()));
+    tokio::spawn(crate::feeds::run(shared.clone()));
+    tokio::spawn(crate::crowdsec::run(shared.clone()));
     if let Some(rb) = events {
         tokio::spawn(read_events(shared.clone(), rb));
     }

@@ -18,8 +18,8 @@ use aya::{
 use rampart_common::{
     abi::{
         BanEntry, BucketSet, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, ListEntry,
-        MAX_POLICIES, MAX_PREFIX_LENS, PROGRAM_NAME, Policy, PrefixLens, V4Key, V6Key, map_name,
-        stat,
+        MAX_POLICIES, MAX_PREFIX_LENS, PROGRAM_NAME, Policy, PrefixLens, V4Key, V6Key, config_flag,
+        map_name, stat,
     },
     decide::{BanStarted, List, Tables},
 };
@@ -519,6 +519,49 @@ impl Datapath {
         Ok(())
     }
 
+    /// Removes many entries that are in the list, with batch deletes; the
+    /// prefix lengths they leave unused are withdrawn afterwards.
+    pub fn list_remove_many(
+        &mut self,
+        list: List,
+        prefixes: &[Prefix],
+    ) -> Result<(), DatapathError> {
+        let k4: Vec<V4Key> = prefixes.iter().filter_map(Prefix::v4_key).collect();
+        let k6: Vec<V6Key> = prefixes.iter().filter_map(Prefix::v6_key).collect();
+        let (fd4, fd6) = match list {
+            List::Allow => (&self.list_fds.allow_v4, &self.list_fds.allow_v6),
+            List::Block => (&self.list_fds.block_v4, &self.list_fds.block_v6),
+        };
+        batch_delete(fd4, &k4)?;
+        batch_delete(fd6, &k6)?;
+        let counts = self.lens_mut(list);
+        let mut gone = false;
+        for p in prefixes {
+            let lens = counts.family(p.is_ipv4());
+            if let Some(n) = lens.get_mut(&p.prefix_len()) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    lens.remove(&p.prefix_len());
+                    gone = true;
+                }
+            }
+        }
+        if gone {
+            self.publish(self.config)?;
+        }
+        Ok(())
+    }
+
+    /// The list generation in force (0 or 1; see `config_flag::LIST_GEN1`).
+    pub fn list_generation(&self) -> u32 {
+        u32::from(self.config.flags & config_flag::LIST_GEN1 != 0)
+    }
+
+    /// Switches every list to the other generation in one config publish.
+    pub fn flip_list_generation(&mut self) -> Result<(), DatapathError> {
+        self.update_config(|c| c.flags ^= config_flag::LIST_GEN1)
+    }
+
     /// Removes a list entry; false if it was not there. The prefix length is
     /// withdrawn only after its last entry is gone.
     pub fn list_remove(&mut self, list: List, prefix: &Prefix) -> Result<bool, DatapathError> {
@@ -892,6 +935,77 @@ fn batch_update<K: aya::Pod, V: aya::Pod>(
                 attr.count,
                 kc.len()
             )));
+        }
+    }
+    Ok(())
+}
+
+/// Deletes keys with BPF_MAP_DELETE_BATCH. A key that is already gone
+/// stops a batch (ENOENT); the rest of that chunk is then deleted one by one.
+fn batch_delete<K: aya::Pod>(fd: &OwnedFd, keys: &[K]) -> Result<(), DatapathError> {
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+    const CHUNK: usize = 1 << 16;
+    let sys = |cmd: libc::c_long, attr: *mut u8, size: usize| {
+        // SAFETY: `attr` points to a bpf_attr prefix of `size` bytes whose
+        // pointers reference live arrays of the map's key type.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) }
+    };
+    for chunk in keys.chunks(CHUNK) {
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: chunk.as_ptr() as u64,
+            values: 0,
+            count: chunk.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        let size = std::mem::size_of::<BatchAttr>();
+        if sys(BPF_MAP_DELETE_BATCH, (&raw mut attr).cast(), size) >= 0 {
+            continue;
+        }
+        let done = attr.count as usize;
+        for key in &chunk[done.min(chunk.len())..] {
+            // The elem member of union bpf_attr: map_fd, pad, key, value, flags.
+            #[repr(C)]
+            struct ElemAttr {
+                map_fd: u32,
+                pad: u32,
+                key: u64,
+                value: u64,
+                flags: u64,
+            }
+            let mut a = ElemAttr {
+                map_fd: fd.as_raw_fd() as u32,
+                pad: 0,
+                key: (key as *const K) as u64,
+                value: 0,
+                flags: 0,
+            };
+            if sys(
+                BPF_MAP_DELETE_ELEM,
+                (&raw mut a).cast(),
+                std::mem::size_of::<ElemAttr>(),
+            ) < 0
+            {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    return Err(DatapathError::Invalid(format!("batch delete failed: {e}")));
+                }
+            }
         }
     }
     Ok(())

@@ -33,6 +33,14 @@ pub struct Metrics {
     dry_run: IntGauge,
     pub state_write_errors: IntCounter,
     pub bans_logged_suppressed: IntCounter,
+    feed_entries: IntGaugeVec,
+    feed_skipped: IntGaugeVec,
+    feed_last_success: IntGaugeVec,
+    feed_refreshes: IntCounterVec,
+    crowdsec_active: IntGauge,
+    crowdsec_last_success: IntGauge,
+    crowdsec_polls: IntCounterVec,
+    crowdsec_decisions: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -200,6 +208,52 @@ impl Metrics {
                 "rampart_ban_logs_suppressed_total",
                 "Ban log lines suppressed by the log rate limit.",
             ),
+            feed_entries: gauge_vec(
+                &r,
+                "rampart_feed_entries",
+                "Entries each feed holds in the lists.",
+                &["feed", "list"],
+            ),
+            feed_skipped: gauge_vec(
+                &r,
+                "rampart_feed_skipped_entries",
+                "Entries of each feed's current version not applied, by reason (protected, allowlisted, invalid).",
+                &["feed", "reason"],
+            ),
+            feed_last_success: gauge_vec(
+                &r,
+                "rampart_feed_last_success_timestamp_seconds",
+                "Unix time of each feed's last successful refresh.",
+                &["feed"],
+            ),
+            feed_refreshes: counter_vec(
+                &r,
+                "rampart_feed_refreshes_total",
+                "Feed refreshes by feed and result (a failure keeps the last good version).",
+                &["feed", "result"],
+            ),
+            crowdsec_active: gauge(
+                &r,
+                "rampart_crowdsec_decisions_active",
+                "CrowdSec decisions in force as blocklist entries.",
+            ),
+            crowdsec_last_success: gauge(
+                &r,
+                "rampart_crowdsec_last_success_timestamp_seconds",
+                "Unix time of the last successful poll of the CrowdSec decision stream.",
+            ),
+            crowdsec_polls: counter_vec(
+                &r,
+                "rampart_crowdsec_polls_total",
+                "Polls of the CrowdSec decision stream by result.",
+                &["result"],
+            ),
+            crowdsec_decisions: counter_vec(
+                &r,
+                "rampart_crowdsec_decisions_total",
+                "CrowdSec decisions by what was done with them (added, deleted, skipped_protected, ignored).",
+                &["outcome"],
+            ),
             registry: r,
         };
         // Both results exist from the start, so alerts can rate() them.
@@ -218,6 +272,68 @@ impl Metrics {
         if ok {
             self.last_reload_success
                 .set(crate::clock::unix_now() as f64);
+        }
+    }
+
+    pub fn feed_refreshed(&self, feed: &str, ok: bool) {
+        self.feed_refreshes
+            .with_label_values(&[feed, if ok { "success" } else { "failure" }])
+            .inc();
+        // The other result exists too, so alerts can rate() it.
+        let _ = self
+            .feed_refreshes
+            .with_label_values(&[feed, if ok { "failure" } else { "success" }]);
+    }
+
+    pub fn forget_feed(&self, feed: &str) {
+        for result in ["success", "failure"] {
+            let _ = self.feed_refreshes.remove_label_values(&[feed, result]);
+        }
+    }
+
+    pub fn crowdsec_polled(&self, ok: bool) {
+        self.crowdsec_polls
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// Feed and CrowdSec figures, refreshed at scrape time.
+    pub fn set_sources(
+        &self,
+        feeds: &[crate::feeds::FeedStatus],
+        crowdsec: Option<&crate::crowdsec::CrowdsecStatus>,
+    ) {
+        self.feed_entries.reset();
+        self.feed_skipped.reset();
+        self.feed_last_success.reset();
+        for f in feeds {
+            self.feed_entries
+                .with_label_values(&[&f.name, &f.action])
+                .set(f.entries as i64);
+            for (reason, n) in [
+                ("protected", f.skipped_protected),
+                ("allowlisted", f.skipped_allowlisted),
+                ("invalid", f.skipped_invalid),
+            ] {
+                self.feed_skipped
+                    .with_label_values(&[&f.name, reason])
+                    .set(n as i64);
+            }
+            self.feed_last_success
+                .with_label_values(&[&f.name])
+                .set(f.last_success as i64);
+        }
+        if let Some(c) = crowdsec {
+            self.crowdsec_active.set(c.active as i64);
+            self.crowdsec_last_success.set(c.last_success as i64);
+            for (outcome, n) in [
+                ("added", c.added_total),
+                ("deleted", c.deleted_total),
+                ("skipped_protected", c.skipped_protected_total),
+                ("ignored", c.ignored_total),
+            ] {
+                mirror(&self.crowdsec_decisions.with_label_values(&[outcome]), n);
+            }
         }
     }
 

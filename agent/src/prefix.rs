@@ -89,6 +89,21 @@ impl Prefix {
         self.contains(other.addr) || other.contains(self.addr)
     }
 
+    /// The first and last address, as integers (IPv4 in the low 32 bits).
+    pub fn bounds(&self) -> (u128, u128) {
+        let (start, bits) = match self.addr {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+            IpAddr::V6(a) => (u128::from(a), 128),
+        };
+        let host = bits - u32::from(self.len);
+        let span = if host >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host) - 1
+        };
+        (start, start | span)
+    }
+
     pub fn v4_key(&self) -> Option<V4Key> {
         match self.addr {
             IpAddr::V4(a) => Some(V4Key {
@@ -116,6 +131,49 @@ impl Prefix {
     pub fn from_v6_key(k: &V6Key) -> Self {
         Self::new_masked(IpAddr::V6(Ipv6Addr::from(k.addr)), k.prefix_len as u8)
     }
+}
+
+/// A set of prefixes that answers "does this prefix overlap any of them"
+/// in O(log n): merged address intervals per family.
+#[derive(Debug, Default)]
+pub struct OverlapIndex {
+    v4: Vec<(u128, u128)>,
+    v6: Vec<(u128, u128)>,
+}
+
+impl OverlapIndex {
+    pub fn new<'a>(prefixes: impl IntoIterator<Item = &'a Prefix>) -> Self {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for p in prefixes {
+            let list = if p.is_ipv4() { &mut v4 } else { &mut v6 };
+            list.push(p.bounds());
+        }
+        Self {
+            v4: merged(v4),
+            v6: merged(v6),
+        }
+    }
+
+    pub fn overlaps(&self, p: &Prefix) -> bool {
+        let list = if p.is_ipv4() { &self.v4 } else { &self.v6 };
+        let (start, end) = p.bounds();
+        // The first interval that does not end before `p` starts.
+        let i = list.partition_point(|(_, e)| *e < start);
+        list.get(i).is_some_and(|(s, _)| *s <= end)
+    }
+}
+
+fn merged(mut v: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
+    v.sort_unstable();
+    let mut out: Vec<(u128, u128)> = Vec::with_capacity(v.len());
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
 }
 
 impl FromStr for Prefix {
@@ -195,6 +253,38 @@ impl<'de> serde::Deserialize<'de> for Prefix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_overlap_index_agrees_with_pairwise_checks() {
+        let set: Vec<Prefix> = [
+            "10.0.0.0/8",
+            "192.0.2.7",
+            "192.0.2.8/31",
+            "2001:db8::/48",
+            "0.0.0.0/32",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let idx = OverlapIndex::new(&set);
+        for probe in [
+            "10.1.2.3",
+            "11.0.0.0/8",
+            "0.0.0.0/0",
+            "192.0.2.0/29",
+            "192.0.2.6",
+            "192.0.2.9",
+            "192.0.2.10",
+            "2001:db8:0:1::/64",
+            "2001:db8:1::/48",
+            "::/0",
+            "0.0.0.1",
+        ] {
+            let p: Prefix = probe.parse().unwrap();
+            let want = set.iter().any(|s| s.overlaps(&p));
+            assert_eq!(idx.overlaps(&p), want, "{probe}");
+        }
+    }
 
     #[test]
     fn parses_and_prints() {

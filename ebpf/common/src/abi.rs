@@ -102,6 +102,11 @@ pub mod stat {
 /// Global flags in [`Config::flags`].
 pub mod config_flag {
     pub const DRY_RUN: u32 = 1;
+    /// The list generation in force is 1 (else 0). A whole feed is replaced
+    /// atomically: its new entries are staged hidden from the current
+    /// generation and its leaving entries hidden from the next one, then
+    /// this bit flips, in one config publish (see [`super::entry_flag`]).
+    pub const LIST_GEN1: u32 = 2;
 }
 
 /// Longest list of distinct prefix lengths a list can use per family.
@@ -188,6 +193,10 @@ pub struct V6Key {
 pub mod entry_flag {
     /// Count matches as `would_drop` instead of dropping.
     pub const DRY_RUN: u32 = 1;
+    /// The entry does not match while list generation 0 is in force.
+    pub const HIDDEN_GEN0: u32 = 2;
+    /// The entry does not match while list generation 1 is in force.
+    pub const HIDDEN_GEN1: u32 = 4;
 }
 
 /// Value of the allow and block tables.
@@ -207,6 +216,14 @@ impl ListEntry {
     #[inline(always)]
     pub const fn live(&self, now_ns: u64) -> bool {
         self.expires_ns == 0 || now_ns < self.expires_ns
+    }
+
+    /// Whether the entry matches under the config flags `cfg_flags` (the
+    /// list generation in force).
+    #[inline(always)]
+    pub const fn visible(&self, cfg_flags: u32) -> bool {
+        let hidden = entry_flag::HIDDEN_GEN0 << ((cfg_flags & config_flag::LIST_GEN1) >> 1);
+        self.flags & hidden == 0
     }
 }
 

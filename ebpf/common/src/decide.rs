@@ -186,7 +186,8 @@ fn malformed(cfg: &Config, global_dry: bool) -> Verdict {
 }
 
 /// Looks a source up in a list: one hash probe per prefix length in use,
-/// longest first; expired entries are skipped.
+/// longest first; expired entries and entries hidden from the list
+/// generation in force are skipped.
 #[inline(always)]
 pub fn find_list_with<T: Tables + ?Sized>(
     t: &T,
@@ -204,7 +205,7 @@ pub fn find_list_with<T: Tables + ?Sized>(
         probe(
             lens,
             |len| t.list_v4(list, &v4_key(addr, len)),
-            |e| e.live(now),
+            |e| e.live(now) && e.visible(cfg.flags),
         )
     } else {
         let lens = match list {
@@ -214,7 +215,7 @@ pub fn find_list_with<T: Tables + ?Sized>(
         probe(
             lens,
             |len| t.list_v6(list, &v6_key(src.addr, len)),
-            |e| e.live(now),
+            |e| e.live(now) && e.visible(cfg.flags),
         )
     }
 }

@@ -1,0 +1,203 @@
+//! Replacing a whole feed so that the data plane sees the old version or
+//! the new one, never a mix and never an empty list.
+//!
+//! Entries carry two "hidden in generation N" bits and the config says which
+//! generation is in force. A swap stages the new version under the current
+//! generation g: entries that only the new version brings are written hidden
+//! in g, entries that only the old version held are marked hidden in the
+//! next generation. One config publish then flips to the next generation,
+//! and a clean-up deletes the leavers and clears the staging bits. Entries
+//! in both versions are never touched, so a source listed by both is
+//! matched at every instant.
+use std::collections::HashSet;
+
+use rampart_common::abi::entry_flag;
+use serde::{Deserialize, Serialize};
+
+use super::{Core, CoreError, list_of};
+use crate::{feed::MAX_FEEDS, persist::ListKind, prefix::OverlapIndex, prefix::Prefix};
+
+/// What one feed version did to the lists.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FeedApplied {
+    /// Entries the feed now holds.
+    pub entries: u64,
+    pub added: u64,
+    pub removed: u64,
+    /// Block entries skipped because they overlap a protected range.
+    pub skipped_protected: u64,
+    /// Block entries skipped because they overlap an allowlisted range.
+    pub skipped_allowlisted: u64,
+}
+
+const HIDDEN: [u32; 2] = [entry_flag::HIDDEN_GEN0, entry_flag::HIDDEN_GEN1];
+
+impl Core {
+    fn feed_slot(&mut self, name: &str) -> Result<u32, CoreError> {
+        if let Some(s) = self.feed_slots.get(name) {
+            return Ok(*s);
+        }
+        let used: HashSet<u32> = self.feed_slots.values().copied().collect();
+        let slot = (0..MAX_FEEDS as u32)
+            .find(|s| !used.contains(s))
+            .ok_or_else(|| CoreError::Refused(format!("more than {MAX_FEEDS} feeds")))?;
+        self.feed_slots.insert(name.to_string(), slot);
+        Ok(slot)
+    }
+
+    /// Names of the feeds that hold entries.
+    pub fn feed_names_known(&self) -> Vec<String> {
+        self.feed_slots.keys().cloned().collect()
+    }
+
+    /// Replaces feed `name`'s entries in list `kind` with `prefixes`,
+    /// atomically for the data plane. Block entries that overlap protected or
+    /// allowlisted ranges are skipped and counted. `adopted`: keys the kernel
+    /// already holds that the registry does not know yet (start-up after a
+    /// restart); they are written visible at once, since they already are.
+    pub fn replace_feed(
+        &mut self,
+        name: &str,
+        kind: ListKind,
+        prefixes: &[Prefix],
+        adopted: Option<&HashSet<Prefix>>,
+    ) -> Result<FeedApplied, CoreError> {
+        let slot = self.feed_slot(name)?;
+        let bit = 1u64 << slot;
+        let mut applied = FeedApplied::default();
+
+        let mut wanted: HashSet<Prefix> = HashSet::with_capacity(prefixes.len());
+        if kind == ListKind::Block {
+            let protected = OverlapIndex::new(&self.protected);
+            let allowed = OverlapIndex::new(
+                self.entries
+                    .keys()
+                    .filter(|(k, _)| *k == ListKind::Allow)
+                    .map(|(_, p)| p),
+            );
+            for p in prefixes {
+                if protected.overlaps(p) {
+                    applied.skipped_protected += 1;
+                } else if allowed.overlaps(p) {
+                    applied.skipped_allowlisted += 1;
+                } else {
+                    wanted.insert(*p);
+                }
+            }
+        } else {
+            wanted.extend(prefixes.iter().copied());
+        }
+        let old: HashSet<Prefix> = self
+            .entries
+            .iter()
+            .filter(|((k, _), s)| *k == kind && s.feeds & bit != 0)
+            .map(|((_, p), _)| *p)
+            .collect();
+        let arriving: Vec<Prefix> = wanted.difference(&old).copied().collect();
+        let leaving: Vec<Prefix> = old.difference(&wanted).copied().collect();
+        applied.entries = wanted.len() as u64;
+        applied.added = arriving.len() as u64;
+        applied.removed = leaving.len() as u64;
+        if arriving.is_empty() && leaving.is_empty() {
+            return Ok(applied);
+        }
+        self.check_room(kind, &arriving, name)?;
+
+        let generation = self.dp.list_generation() as usize;
+        let hide_now = HIDDEN[generation];
+        let hide_next = HIDDEN[1 - generation];
+        let adopted_has = |p: &Prefix| adopted.is_some_and(|a| a.contains(p));
+
+        // Stage: arrivals hidden now, leavers hidden from the next generation.
+        let mut staged = Vec::with_capacity(arriving.len() + leaving.len());
+        let mut fresh = Vec::new();
+        for p in &arriving {
+            let key = (kind, *p);
+            let in_kernel = self.entries.get(&key).is_some_and(|s| !s.is_empty()) || adopted_has(p);
+            self.entries.entry(key).or_default().feeds |= bit;
+            let Some(mut entry) = self.kernel_entry(&key) else {
+                continue;
+            };
+            if !in_kernel {
+                entry.flags |= hide_now;
+                fresh.push(*p);
+            }
+            staged.push((*p, entry, !in_kernel));
+        }
+        let mut gone = Vec::new();
+        for p in &leaving {
+            let key = (kind, *p);
+            let before = self.kernel_entry(&key);
+            if let Some(s) = self.entries.get_mut(&key) {
+                s.feeds &= !bit;
+            }
+            match (self.kernel_entry(&key), before) {
+                (Some(entry), _) => staged.push((*p, entry, false)),
+                (None, Some(mut entry)) => {
+                    entry.flags |= hide_next;
+                    staged.push((*p, entry, false));
+                    gone.push(*p);
+                }
+                (None, None) => {}
+            }
+        }
+        let list = list_of(kind);
+        self.dp.list_insert_many(list, &staged)?;
+
+        // The switch: one publish.
+        self.dp.flip_list_generation()?;
+
+        // Clean up: leavers out, arrivals' staging bit cleared.
+        self.dp.list_remove_many(list, &gone)?;
+        for p in &gone {
+            self.entries.remove(&(kind, *p));
+        }
+        let settled: Vec<_> = fresh
+            .iter()
+            .filter_map(|p| self.kernel_entry(&(kind, *p)).map(|e| (*p, e, false)))
+            .collect();
+        self.dp.list_insert_many(list, &settled)?;
+        Ok(applied)
+    }
+
+    /// Removes a feed that is no longer configured (atomically, as a swap
+    /// to an empty version) and frees its slot.
+    pub fn drop_feed(&mut self, name: &str) -> Result<u64, CoreError> {
+        if !self.feed_slots.contains_key(name) {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for kind in [ListKind::Allow, ListKind::Block] {
+            removed += self.replace_feed(name, kind, &[], None)?.removed;
+        }
+        self.feed_slots.remove(name);
+        Ok(removed)
+    }
+
+    /// Refuses a version whose new entries do not fit; the old one stays.
+    fn check_room(&self, kind: ListKind, arriving: &[Prefix], name: &str) -> Result<(), CoreError> {
+        let caps = self.dp.capacities();
+        let (cap4, cap6) = match kind {
+            ListKind::Allow => (caps.allow_v4, caps.allow_v6),
+            ListKind::Block => (caps.block_v4, caps.block_v6),
+        };
+        let (n4, n6) = self.dp.list_len(list_of(kind));
+        let new = arriving
+            .iter()
+            .filter(|p| !self.entries.contains_key(&(kind, **p)));
+        let (mut a4, mut a6) = (0u64, 0u64);
+        for p in new {
+            if p.is_ipv4() {
+                a4 += 1;
+            } else {
+                a6 += 1;
+            }
+        }
+        if n4 + a4 > u64::from(cap4) || n6 + a6 > u64::from(cap6) {
+            return Err(CoreError::Refused(format!(
+                "feed {name} does not fit: the {kind:?} list holds {n4}/{cap4} IPv4 and {n6}/{cap6} IPv6 entries and the new version adds {a4}+{a6}; the last good version stays (raise [capacity] and restart)"
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,440 @@
+//! A CrowdSec bouncer: follows a local API's decision stream and keeps one
+//! runtime blocklist entry (origin `crowdsec`) per ban decision, expiring
+//! with it and removed when CrowdSec deletes it.
+//!
+//! The first poll (and the first after any failure) asks for the whole
+//! set (`startup=true`) and reconciles: entries CrowdSec no longer holds go.
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    clock,
+    core::CROWDSEC_ORIGIN,
+    daemon::{Shared, lock, save_state},
+    feed::error_chain,
+    persist::ListKind,
+    prefix::Prefix,
+};
+
+/// The `[crowdsec]` config section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrowdsecSection {
+    /// The local API (LAPI) base URL.
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// A file holding the bouncer key from `cscli bouncers add`.
+    pub api_key_file: PathBuf,
+    /// How often the decision stream is polled.
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll: Duration,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Decision types enforced as blocks; others (e.g. captcha) are ignored.
+    #[serde(default = "default_types")]
+    pub types: Vec<String>,
+}
+
+fn default_url() -> String {
+    "http://127.0.0.1:8080".into()
+}
+fn default_poll() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_types() -> Vec<String> {
+    vec!["ban".into()]
+}
+
+impl CrowdsecSection {
+    pub fn validate(&self) -> Result<(), String> {
+        let u = reqwest::Url::parse(&self.url)
+            .map_err(|e| format!("url '{}' is not a URL: {e}", self.url))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(format!("url '{}' must be http:// or https://", self.url));
+        }
+        if !self.api_key_file.is_absolute() {
+            return Err(format!(
+                "api_key_file '{}' must be an absolute path",
+                self.api_key_file.display()
+            ));
+        }
+        if self.poll < Duration::from_secs(1) || self.poll > Duration::from_secs(3600) {
+            return Err("poll must be between 1s and 1h".into());
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(300) {
+            return Err("timeout must be between 1s and 5m".into());
+        }
+        if self.types.is_empty() {
+            return Err("types must name at least one decision type (e.g. [\"ban\"])".into());
+        }
+        Ok(())
+    }
+}
+
+/// The bouncer's state, for `rampart feeds list`, `status` and metrics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CrowdsecStatus {
+    pub url: String,
+    /// Decisions in force as blocklist entries.
+    pub active: u64,
+    pub last_success: u64,
+    pub last_error: Option<String>,
+    pub polls_ok: u64,
+    pub polls_failed: u64,
+    pub added_total: u64,
+    pub deleted_total: u64,
+    /// Ban decisions for protected addresses, not applied.
+    pub skipped_protected_total: u64,
+    /// Decisions of other types or scopes, or unreadable ones.
+    pub ignored_total: u64,
+}
+
+/// One decision as the stream sends it.
+#[derive(Debug, Deserialize)]
+pub struct Decision {
+    #[serde(default)]
+    pub duration: String,
+    #[serde(default)]
+    pub scenario: String,
+    #[serde(default)]
+    pub scope: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Stream {
+    #[serde(default)]
+    pub new: Option<Vec<Decision>>,
+    #[serde(default)]
+    pub deleted: Option<Vec<Decision>>,
+}
+
+/// Reads a Go duration ("4h", "59m59.75s", "1h2m3.5s", "250ms"). Negative
+/// or unreadable durations give None.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() || s.starts_with('-') {
+        return None;
+    }
+    let s = s.strip_prefix('+').unwrap_or(s);
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" | "μs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += n * scale;
+    }
+    (total.is_finite() && total < 1e12).then(|| Duration::from_secs_f64(total))
+}
+
+/// A decision's target as a prefix, if it is an address or range.
+fn target(d: &Decision) -> Option<Prefix> {
+    match d.scope.to_ascii_lowercase().as_str() {
+        "ip" => d.value.parse::<std::net::IpAddr>().ok().map(Prefix::host),
+        "range" => {
+            let (addr, len) = d.value.split_once('/')?;
+            let addr: std::net::IpAddr = addr.parse().ok()?;
+            let len: u8 = len.parse().ok()?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            (len <= max).then(|| Prefix::new_masked(addr, len))
+        }
+        _ => None,
+    }
+}
+
+pub struct Bouncer {
+    pub status: Mutex<Option<CrowdsecStatus>>,
+    client: reqwest::Client,
+}
+
+impl Default for Bouncer {
+    fn default() -> Self {
+        Self {
+            status: Mutex::new(None),
+            client: reqwest::Client::builder()
+                .user_agent(concat!("rampart-bouncer/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Polls while `[crowdsec]` is configured; when it is removed, the
+/// bouncer's entries go with it.
+pub async fn run(shared: Arc<Shared>) {
+    let mut startup = true;
+    let mut was_on = false;
+    loop {
+        let cfg = lock(&shared.core).cfg.config.crowdsec.clone();
+        let Some(cfg) = cfg else {
+            if was_on {
+                was_on = false;
+                let s = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let mut core = lock(&s.core);
+                    let ours = core.runtime_of(ListKind::Block, CROWDSEC_ORIGIN);
+                    let _ = core.remove_from(ListKind::Block, &ours, CROWDSEC_ORIGIN);
+                })
+                .await;
+                *lock(&shared.crowdsec.status) = None;
+                tracing::info!("crowdsec bouncer turned off; its entries were removed");
+            }
+            startup = true;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        was_on = true;
+        let result = poll(&shared, &cfg, startup).await;
+        {
+            let mut guard = lock(&shared.crowdsec.status);
+            let st = guard.get_or_insert_with(CrowdsecStatus::default);
+            st.url.clone_from(&cfg.url);
+            st.active = lock(&shared.core)
+                .runtime_of(ListKind::Block, CROWDSEC_ORIGIN)
+                .len() as u64;
+            match &result {
+                Ok(()) => {
+                    st.polls_ok += 1;
+                    st.last_success = clock::unix_now();
+                    if st.last_error.take().is_some() {
+                        tracing::info!(url = %cfg.url, "crowdsec local API answers again");
+                    }
+                }
+                Err(e) => {
+                    st.polls_failed += 1;
+                    if st.last_error.as_deref() != Some(e) {
+                        tracing::error!(url = %cfg.url, "crowdsec poll failed (entries stay as they are): {e}");
+                    }
+                    st.last_error = Some(e.clone());
+                }
+            }
+        }
+        shared.metrics.crowdsec_polled(result.is_ok());
+        startup = result.is_err();
+        tokio::time::sleep(cfg.poll).await;
+    }
+}
+
+/// Stream bodies larger than this are refused.
+const MAX_STREAM_BYTES: usize = 256 << 20;
+
+async fn poll(shared: &Arc<Shared>, cfg: &CrowdsecSection, startup: bool) -> Result<(), String> {
+    let key = tokio::fs::read_to_string(&cfg.api_key_file)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot read api_key_file {}: {e}",
+                cfg.api_key_file.display()
+            )
+        })?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!(
+            "api_key_file {} is empty",
+            cfg.api_key_file.display()
+        ));
+    }
+    let url = format!(
+        "{}/v1/decisions/stream?startup={startup}",
+        cfg.url.trim_end_matches('/')
+    );
+    let mut resp = shared
+        .crowdsec
+        .client
+        .get(&url)
+        .header("X-Api-Key", key)
+        .timeout(cfg.timeout)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {}: {}", cfg.url, error_chain(&e)))?;
+    if resp.status() == reqwest::StatusCode::FORBIDDEN
+        || resp.status() == reqwest::StatusCode::UNAUTHORIZED
+    {
+        return Err(format!(
+            "{} refused the bouncer key ({}); create one with `cscli bouncers add rampart`",
+            cfg.url,
+            resp.status()
+        ));
+    }
+    if !resp.status().is_success() {
+        return Err(format!("{url} answered {}", resp.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the decision stream: {}", error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_STREAM_BYTES {
+            return Err(format!(
+                "the decision stream is larger than {MAX_STREAM_BYTES} bytes"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let stream: Stream = serde_json::from_slice(&body)
+        .map_err(|e| format!("the decision stream is not the expected JSON: {e}"))?;
+    let shared2 = shared.clone();
+    let types: HashSet<String> = cfg.types.iter().map(|t| t.to_ascii_lowercase()).collect();
+    tokio::task::spawn_blocking(move || apply(&shared2, stream, &types, startup))
+        .await
+        .map_err(|_| "applying decisions failed".to_string())?
+}
+
+fn apply(
+    shared: &Shared,
+    stream: Stream,
+    types: &HashSet<String>,
+    startup: bool,
+) -> Result<(), String> {
+    let mut ignored = 0u64;
+    let mut skipped = 0u64;
+    let deleted: Vec<Prefix> = stream
+        .deleted
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| {
+            let t = target(d);
+            ignored += u64::from(t.is_none());
+            t
+        })
+        .collect();
+    let now = clock::unix_now();
+    let mut items = Vec::new();
+    let mut seen = HashSet::new();
+    let mut core = lock(&shared.core);
+    for d in stream.new.unwrap_or_default() {
+        let (Some(p), Some(left)) = (target(&d), parse_go_duration(&d.duration)) else {
+            ignored += 1;
+            continue;
+        };
+        if !types.contains(&d.kind.to_ascii_lowercase()) || left.is_zero() {
+            ignored += 1;
+            continue;
+        }
+        if core.protected_hit(&p).is_some() {
+            skipped += 1;
+            continue;
+        }
+        let reason: Arc<str> = Arc::from(format!("crowdsec: {}", d.scenario));
+        items.push((p, Some(now + left.as_secs().max(1)), Some(reason)));
+        seen.insert(p);
+    }
+    // Deletions first: a value deleted and re-added in one poll stays.
+    let mut removed = core
+        .remove_from(ListKind::Block, &deleted, CROWDSEC_ORIGIN)
+        .map_err(|e| e.to_string())?;
+    if startup {
+        let stale: Vec<Prefix> = core
+            .runtime_of(ListKind::Block, CROWDSEC_ORIGIN)
+            .into_iter()
+            .filter(|p| !seen.contains(p))
+            .collect();
+        removed += core
+            .remove_from(ListKind::Block, &stale, CROWDSEC_ORIGIN)
+            .map_err(|e| e.to_string())?;
+    }
+    let added = items.len() as u64;
+    if !items.is_empty() {
+        core.add_each(ListKind::Block, &items, CROWDSEC_ORIGIN)
+            .map_err(|e| e.to_string())?;
+    }
+    drop(core);
+    if added > 0 || removed > 0 {
+        tracing::info!(
+            added,
+            removed,
+            skipped_protected = skipped,
+            "crowdsec decisions applied"
+        );
+        save_state(shared);
+    }
+    let mut guard = lock(&shared.crowdsec.status);
+    let st = guard.get_or_insert_with(CrowdsecStatus::default);
+    st.added_total += added;
+    st.deleted_total += removed as u64;
+    st.skipped_protected_total += skipped;
+    st.ignored_total += ignored;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        let d = |s| parse_go_duration(s).map(|d| d.as_millis());
+        assert_eq!(d("4h"), Some(4 * 3_600_000));
+        assert_eq!(d("59m59.758560863s"), Some(3_599_758));
+        assert_eq!(d("1h2m3s"), Some(3_723_000));
+        assert_eq!(d("250ms"), Some(250));
+        assert_eq!(d("0"), Some(0));
+        for bad in ["", "-1s", "5", "h", "3x", "1.2.3s", "1e400h"] {
+            assert_eq!(d(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets() {
+        let dec = |scope: &str, value: &str| Decision {
+            duration: "1h".into(),
+            scenario: String::new(),
+            scope: scope.into(),
+            kind: "ban".into(),
+            value: value.into(),
+        };
+        assert_eq!(
+            target(&dec("Ip", "192.0.2.1")),
+            Some("192.0.2.1".parse().unwrap())
+        );
+        assert_eq!(
+            target(&dec("Range", "198.51.100.7/24")),
+            Some("198.51.100.0/24".parse().unwrap())
+        );
+        assert_eq!(target(&dec("Range", "2001:db8::/200")), None);
+        assert_eq!(target(&dec("Country", "FR")), None);
+        assert_eq!(target(&dec("Ip", "nope")), None);
+    }
+
+    #[test]
+    fn stream_bodies_with_nulls_parse() {
+        let s: Stream = serde_json::from_str(r#"{"deleted":null,"new":[{"duration":"59m59.7s","id":1,"origin":"cscli","scenario":"test","scope":"Ip","type":"ban","value":"203.0.113.7"}]}"#).unwrap();
+        assert_eq!(s.new.unwrap().len(), 1);
+        assert!(s.deleted.is_none());
+    }
+}
