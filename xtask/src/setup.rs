@@ -62,6 +62,12 @@ const STEPS: &[Step] = &[
         by_hand: "cd $(mktemp -d) && apt-get download prometheus && dpkg-deb -x prometheus_*.deb x && install -m 0755 x/usr/bin/promtool /usr/local/bin/promtool",
     },
     Step {
+        name: "CrowdSec local API and cscli (from Debian's crowdsec package, binaries only)",
+        done: crowdsec_present,
+        run: install_crowdsec,
+        by_hand: "cd $(mktemp -d) && apt-get download crowdsec && dpkg-deb -x crowdsec_*.deb x && install -m 0755 x/usr/bin/crowdsec x/usr/bin/cscli /usr/local/bin/",
+    },
+    Step {
         name: "manifest validators (kubernetes-validate, yamllint from PyPI)",
         done: validators_present,
         run: install_validators,
@@ -166,28 +172,48 @@ fn promtool_present() -> bool {
 }
 
 fn install_promtool() -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join("rampart-promtool");
+    install_from_deb("prometheus", &["promtool"])
+}
+
+fn crowdsec_present() -> bool {
+    output("crowdsec", &["-version"]).is_some() && output("cscli", &["version"]).is_some()
+}
+
+/// Debian's package registers with CrowdSec's online API in its
+/// post-install script, which fails without internet; the local API the
+/// tests need is only the binaries, run with a config of their own.
+fn install_crowdsec() -> anyhow::Result<()> {
+    install_from_deb("crowdsec", &["crowdsec", "cscli"])
+}
+
+/// Installs `binaries` from a Debian package's /usr/bin into
+/// /usr/local/bin without installing (or configuring) the package.
+fn install_from_deb(package: &str, binaries: &[&str]) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("rampart-deb-{package}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let d = dir.to_str().context("temp dir path")?;
     cmd::run("apt-get", &["update", "-q"])?;
     cmd::run(
         "sh",
-        &["-c", &format!("cd {d} && apt-get download prometheus")],
+        &["-c", &format!("cd {d} && apt-get download {package}")],
     )?;
     cmd::run(
         "sh",
-        &["-c", &format!("cd {d} && dpkg-deb -x prometheus_*.deb x")],
+        &["-c", &format!("cd {d} && dpkg-deb -x {package}_*.deb x")],
     )?;
-    cmd::run(
-        "install",
-        &[
-            "-m",
-            "0755",
-            &format!("{d}/x/usr/bin/promtool"),
-            "/usr/local/bin/promtool",
-        ],
-    )
+    for b in binaries {
+        cmd::run(
+            "install",
+            &[
+                "-m",
+                "0755",
+                &format!("{d}/x/usr/bin/{b}"),
+                &format!("/usr/local/bin/{b}"),
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 fn validators_present() -> bool {

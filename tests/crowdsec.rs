@@ -1,0 +1,265 @@
+//! The CrowdSec bouncer against a real CrowdSec local API (Debian's
+//! `crowdsec` binaries, installed by `cargo xtask setup`), run with a
+//! private config in the lab's server namespace. Decisions are added and
+//! deleted with `cscli`, and the data plane must follow within the poll
+//! interval.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+};
+
+use rampart_tests::lab::{Lab, eventually};
+
+const PORT: u16 = 18104;
+const KEY: &str = "rampart-test-bouncer-key-0123456789";
+
+/// A CrowdSec local API (no log processing) with its own database.
+struct Lapi {
+    /// The network namespace it listens in.
+    netns: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Lapi {
+    fn start(lab: &Lab) -> anyhow::Result<Self> {
+        let dir = lab.dir.join("crowdsec");
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["data", "hub"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let d = dir.display();
+        std::fs::write(dir.join("hub/.index.json"), "{}")?;
+        std::fs::write(dir.join("simulation.yaml"), "simulation: false\n")?;
+        std::fs::write(
+            dir.join("profiles.yaml"),
+            "name: default_ip_remediation\nfilters:\n - Alert.Remediation == true && Alert.GetScope() == \"Ip\"\ndecisions:\n - type: ban\n   duration: 4h\non_success: break\n",
+        )?;
+        std::fs::write(
+            dir.join("config.yaml"),
+            format!(
+                "common:\n  daemonize: false\n  log_media: stdout\n  log_level: warning\n\
+                 config_paths:\n  config_dir: {d}/\n  data_dir: {d}/data/\n  simulation_path: {d}/simulation.yaml\n  hub_dir: {d}/hub/\n  index_path: {d}/hub/.index.json\n\
+                 db_config:\n  type: sqlite\n  use_wal: false\n  db_path: {d}/data/crowdsec.db\n\
+                 api:\n  client:\n    credentials_path: {d}/local_api_credentials.yaml\n  server:\n    listen_uri: 127.0.0.1:{PORT}\n    profiles_path: {d}/profiles.yaml\n    trusted_ips: [127.0.0.1]\n\
+                 prometheus:\n  enabled: false\n"
+            ),
+        )?;
+        let mut lapi = Self {
+            netns: lab.srv.name.clone(),
+            dir,
+            child: None,
+        };
+        lapi.cscli_ok(
+            &["machines", "add", "-a", "--force", "-f"],
+            Some("local_api_credentials.yaml"),
+        )?;
+        lapi.cscli_ok(&["bouncers", "add", "rampart", "-k", KEY], None)?;
+        std::fs::write(lapi.dir.join("bouncer.key"), format!("{KEY}\n"))?;
+        lapi.run()?;
+        Ok(lapi)
+    }
+
+    fn run(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.join("lapi.log"))?;
+        self.child = Some(
+            self.command("crowdsec")
+                .arg("-c")
+                .arg(self.dir.join("config.yaml"))
+                .arg("-no-cs")
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log))
+                .spawn()?,
+        );
+        let url = format!("http://127.0.0.1:{PORT}/v1/decisions/stream?startup=true");
+        let up = eventually(20, || {
+            self.command("curl")
+                .args([
+                    "-sf",
+                    "-o",
+                    "/dev/null",
+                    "-H",
+                    &format!("X-Api-Key: {KEY}"),
+                    &url,
+                ])
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        anyhow::ensure!(
+            up,
+            "the CrowdSec local API did not come up:\n{}",
+            std::fs::read_to_string(self.dir.join("lapi.log")).unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns, program]);
+        c
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn cscli(&self, args: &[&str], file_arg: Option<&str>) -> Output {
+        let mut c = self.command("cscli");
+        c.arg("-c").arg(self.dir.join("config.yaml")).args(args);
+        if let Some(f) = file_arg {
+            c.arg(self.dir.join(f));
+        }
+        c.output().expect("run cscli")
+    }
+
+    fn cscli_ok(&self, args: &[&str], file_arg: Option<&str>) -> anyhow::Result<()> {
+        let o = self.cscli(args, file_arg);
+        anyhow::ensure!(
+            o.status.success(),
+            "cscli {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Lapi {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn listed(lab: &Lab, ip: &str) -> Option<serde_json::Value> {
+    lab.cli_json(&["block", "list", "--match", ip])
+        .ok()
+        .and_then(|v| v.as_array().and_then(|a| a.first().cloned()))
+}
+
+fn bouncer(lab: &Lab) -> serde_json::Value {
+    lab.cli_json(&["feeds", "list"])
+        .map(|v| v["crowdsec"].clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_data_plane_follows_crowdsec_decisions() -> anyhow::Result<()> {
+    let mut lab = Lab::new("cw", 104, "")?;
+    let (client, blocked, ranged) = (
+        lab.client_ips[0].clone(),
+        lab.client_ips[1].clone(),
+        lab.client_ips[2].clone(),
+    );
+    let server = lab.server_ip.clone();
+    let mut lapi = Lapi::start(&lab)?;
+    lab.write_config(&format!(
+        "[crowdsec]\nurl = \"http://127.0.0.1:{PORT}\"\napi_key_file = \"{}\"\npoll = \"1s\"\n",
+        lapi.dir.join("bouncer.key").display()
+    ))?;
+    lab.start()?;
+    assert!(
+        eventually(10, || bouncer(&lab)["polls_ok"].as_u64().unwrap_or(0) > 0),
+        "{}",
+        lab.log()
+    );
+
+    // A ban on one address, and on a range.
+    lapi.cscli_ok(
+        &[
+            "decisions",
+            "add",
+            "-i",
+            &blocked,
+            "-d",
+            "1h",
+            "-R",
+            "ssh-bf",
+        ],
+        None,
+    )?;
+    lapi.cscli_ok(
+        &["decisions", "add", "-r", "10.104.0.4/30", "-d", "2h"],
+        None,
+    )?;
+    assert!(
+        eventually(5, || lab.ping(&blocked, 1, "0.2") == 0),
+        "the ban decision is not enforced"
+    );
+    assert!(
+        eventually(5, || lab.ping(&ranged, 1, "0.2") == 0),
+        "the range decision is not enforced"
+    );
+    assert_eq!(lab.ping(&client, 2, "0.2"), 2);
+    let row = listed(&lab, &blocked).expect("listed");
+    assert_eq!(row["origin"][0], "crowdsec", "{row}");
+    assert_eq!(row["reason"], "crowdsec: ssh-bf", "{row}");
+    let left = row["expires"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(rampart::clock::unix_now());
+    assert!(
+        (3500..=3600).contains(&left),
+        "expiry follows the decision: {row}"
+    );
+    assert_eq!(
+        listed(&lab, &ranged).map(|r| r["prefix"].clone()),
+        Some("10.104.0.4/30".into())
+    );
+
+    // The host's own address is never blocked; other decision types are not bans.
+    lapi.cscli_ok(&["decisions", "add", "-i", &server, "-d", "1h"], None)?;
+    lapi.cscli_ok(
+        &["decisions", "add", "-i", "192.0.2.9", "-t", "captcha"],
+        None,
+    )?;
+    assert!(eventually(5, || bouncer(&lab)["skipped_protected_total"] == 1));
+    assert!(listed(&lab, &server).is_none());
+    assert!(listed(&lab, "192.0.2.9").is_none());
+    assert!(bouncer(&lab)["ignored_total"].as_u64().unwrap_or(0) >= 1);
+
+    // Deleted in CrowdSec: lifted here.
+    lapi.cscli_ok(&["decisions", "delete", "-i", &blocked], None)?;
+    assert!(
+        eventually(5, || lab.ping(&blocked, 1, "0.2") == 1),
+        "the deletion was not followed"
+    );
+    assert!(listed(&lab, &blocked).is_none());
+
+    // A short decision expires on its own.
+    lapi.cscli_ok(&["decisions", "add", "-i", "192.0.2.50", "-d", "3s"], None)?;
+    assert!(eventually(5, || listed(&lab, "192.0.2.50").is_some()));
+    assert!(
+        eventually(8, || listed(&lab, "192.0.2.50").is_none()),
+        "the decision did not expire"
+    );
+
+    // Deleted while the agent was down: the restart reconciles.
+    lab.kill9();
+    lapi.cscli_ok(&["decisions", "delete", "-r", "10.104.0.4/30"], None)?;
+    lab.start()?;
+    assert!(
+        eventually(10, || lab.ping(&ranged, 1, "0.2") == 1),
+        "a stale decision survived the restart"
+    );
+
+    // The local API down: decisions in force stay, the error is reported.
+    lapi.cscli_ok(&["decisions", "add", "-i", &blocked, "-d", "1h"], None)?;
+    assert!(eventually(5, || lab.ping(&blocked, 1, "0.2") == 0));
+    lapi.stop();
+    assert!(eventually(10, || bouncer(&lab)["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("cannot reach"))));
+    assert_eq!(lab.ping(&blocked, 2, "0.2"), 0);
+    let (_, metrics) = lab.http_get("/metrics");
+    assert!(
+        metrics.contains("rampart_crowdsec_decisions_active 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rampart_crowdsec_polls_total{result=\"failure\"}"));
+    let v = bouncer(&lab);
+    assert_eq!(v["active"], 1, "{v}");
+    Ok(())
+}
