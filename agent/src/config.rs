@@ -550,4 +550,63 @@ mod tests {
             assert!(e.contains(needle), "{text:?}: {e}");
         }
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Every key and section the config knows, to steer random text
+        /// into the validator rather than only the TOML parser.
+        const WORDS: &[&str] = &[
+            "[agent]", "[control]", "[metrics]", "[events]", "[capacity]", "[protected]",
+            "[allowlist]", "[blocklist]", "[[policy]]", "[[feed]]", "[crowdsec]", "interfaces",
+            "dry_run", "malformed", "state_dir", "listen", "socket_mode", "sample_every",
+            "block_v4", "rate_sets", "ranges", "entries", "name", "protocol", "ports", "pps",
+            "burst", "bps", "ipv4_prefix", "ban_threshold", "ban_time", "source", "format",
+            "refresh", "max_bytes", "url", "api_key_file", "poll", "=", "\"", "[", "]", ",",
+            "\n", " ", "0", "1", "-1", "65536", "99999999999999999999", "\"10.0.0.0/8\"",
+            "\"1h\"", "\"tcp\"", "\"/x\"", "\"http://h\"", "true", "\"443-80\"",
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(3000)))]
+            /// Any text: a config or errors with a line, never a panic.
+            #[test]
+            fn any_text_gives_a_config_or_errors(text in "(?s).{0,300}") {
+                if let Err(e) = parse(&text, "f.toml") {
+                    prop_assert!(!e.0.is_empty());
+                }
+            }
+
+            #[test]
+            fn config_shaped_text_gives_a_config_or_errors(
+                words in proptest::collection::vec(proptest::sample::select(WORDS), 0..80)
+            ) {
+                let text: String = words.concat();
+                if let Err(e) = parse(&text, "f.toml") {
+                    prop_assert!(e.0.iter().all(|x| !x.message.is_empty()));
+                }
+            }
+
+            /// The embedded default with random edits.
+            #[test]
+            fn mutated_defaults_give_a_config_or_errors(
+                edits in proptest::collection::vec((any::<usize>(), any::<char>(), 0u8..3), 1..8)
+            ) {
+                let mut text: Vec<char> = EMBEDDED_DEFAULT.chars().collect();
+                for (at, c, op) in edits {
+                    let i = at % (text.len() + 1);
+                    match op {
+                        0 => text.insert(i, c),
+                        1 if i < text.len() => { text.remove(i); }
+                        _ if i < text.len() => text[i] = c,
+                        _ => {}
+                    }
+                }
+                let text: String = text.into_iter().collect();
+                let _ = parse(&text, "f.toml");
+            }
+        }
+    }
 }

@@ -43,13 +43,22 @@ pub use feed_swap::FeedApplied;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeEntry {
     pub origin: Arc<str>,
-    pub expires: Option<u64>,
+    /// `CLOCK_MONOTONIC` deadline, as in the kernel: a wall-clock jump
+    /// neither ends nor extends the entry.
+    pub deadline_ns: Option<u64>,
     pub reason: Option<Arc<str>>,
     pub added: u64,
 }
 
 /// A runtime entry to add: prefix, expiry (Unix seconds; None never) and reason.
 pub type NewEntry = (Prefix, Option<u64>, Option<Arc<str>>);
+
+impl RuntimeEntry {
+    /// The expiry in wall-clock Unix seconds, as of now.
+    pub fn expires(&self) -> Option<u64> {
+        self.deadline_ns.map(clock::unix_of_mono)
+    }
+}
 
 /// Why an entry is in a list; it stays while any source remains.
 #[derive(Clone, Debug, Default)]
@@ -125,7 +134,7 @@ impl Serialize for StateView<'_> {
                 list: *kind,
                 prefix: *p,
                 origin: &r.origin,
-                expires: r.expires,
+                expires: r.expires(),
                 reason: r.reason.as_deref(),
                 added: r.added,
             })
@@ -328,7 +337,7 @@ impl Core {
             _ if s.config => (0, origin_id::CONFIG),
             _ if s.feeds != 0 => (0, origin_id::FEED),
             Some(r) => (
-                r.expires.map_or(0, clock::mono_deadline),
+                r.deadline_ns.unwrap_or(0),
                 if &*r.origin == CROWDSEC_ORIGIN {
                     origin_id::CROWDSEC
                 } else {
@@ -430,7 +439,7 @@ impl Core {
             let is_new = !self.entries.contains_key(&key);
             self.entries.entry(key).or_default().runtime = Some(RuntimeEntry {
                 origin: origin.clone(),
-                expires: *expires,
+                deadline_ns: expires.map(clock::mono_deadline),
                 reason: reason.clone(),
                 added: now,
             });
@@ -548,7 +557,7 @@ impl Core {
                 if let Some(r) = &s.runtime {
                     origin.push(r.origin.to_string());
                     if !s.permanent() {
-                        expires = r.expires;
+                        expires = r.expires();
                     }
                     reason = r.reason.as_deref().map(str::to_string);
                 }
@@ -602,15 +611,15 @@ impl Core {
     /// Removes expired runtime entries and long-expired ban records.
     /// Returns how many were removed.
     pub fn sweep(&mut self) -> Result<usize, CoreError> {
-        let now = clock::unix_now();
+        let now = clock::mono_ns();
         let expired: Vec<(ListKind, Prefix)> = self
             .entries
             .iter()
             .filter(|(_, s)| {
                 s.runtime
                     .as_ref()
-                    .and_then(|r| r.expires)
-                    .is_some_and(|e| e <= now)
+                    .and_then(|r| r.deadline_ns)
+                    .is_some_and(|d| d <= now)
             })
             .map(|(k, _)| *k)
             .collect();
@@ -679,7 +688,7 @@ impl Core {
             let s = self.entries.entry((e.list, e.prefix)).or_default();
             s.runtime = Some(RuntimeEntry {
                 origin: Arc::from(e.origin.as_str()),
-                expires: e.expires,
+                deadline_ns: e.expires.map(clock::mono_deadline),
                 reason: e.reason.as_deref().map(Arc::from),
                 added: e.added,
             });

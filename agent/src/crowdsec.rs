@@ -437,4 +437,39 @@ mod tests {
         assert_eq!(s.new.unwrap().len(), 1);
         assert!(s.deleted.is_none());
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(3000)))]
+            #[test]
+            fn durations_never_panic(s in "[0-9.hmsuµn+-]{0,24}") {
+                let _ = parse_go_duration(&s);
+            }
+
+            /// Whatever the local API sends: decoded or refused, and every
+            /// decision's target is read without a panic.
+            #[test]
+            fn stream_bodies_never_panic(
+                scope in "(Ip|Range|ip|range|Country|)",
+                value in "[0-9a-f.:/]{0,45}",
+                duration in "[0-9hms.-]{0,12}",
+                junk in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let body = format!(
+                    r#"{{"new":[{{"duration":"{duration}","scope":"{scope}","type":"ban","value":"{value}"}}],"deleted":null}}"#
+                );
+                if let Ok(s) = serde_json::from_str::<Stream>(&body) {
+                    for d in s.new.unwrap_or_default() {
+                        let _ = target(&d);
+                        let _ = parse_go_duration(&d.duration);
+                    }
+                }
+                let _ = serde_json::from_slice::<Stream>(&junk);
+            }
+        }
+    }
 }

@@ -351,7 +351,7 @@ mod tests {
         use super::super::*;
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(2000)))]
             /// Any text gives a value or an error, never a panic; every
             /// accepted prefix is one the line said.
             #[test]

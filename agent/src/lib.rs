@@ -21,3 +21,13 @@ pub mod persist;
 pub mod policy;
 pub mod prefix;
 pub mod top;
+
+/// Cases per parser property test: `default` in `cargo xtask test`,
+/// `RAMPART_FUZZ_CASES` for the long runs of `cargo xtask reliability`.
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("RAMPART_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -149,4 +149,38 @@ mod tests {
         assert!(!dir.join(STATE_FILE).exists());
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(500)))]
+            /// A damaged state file: loaded or set aside with a reason,
+            /// never a panic.
+            #[test]
+            fn damaged_state_files_load_or_are_set_aside(
+                cut in any::<usize>(),
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            ) {
+                let dir = std::env::temp_dir().join(format!("rampart-persist-fuzz-{}", std::process::id()));
+                let _ = fs::remove_dir_all(&dir);
+                let good = r#"{"version":1,"entries":[{"list":"block","prefix":"192.0.2.0/24","origin":"cli","expires":4000000000,"reason":"x","added":1}],"bans":[{"prefix":"198.51.100.7","expires":4000000000,"offences":2,"policy":0}]}"#;
+                let mut bytes = good.as_bytes().to_vec();
+                for (at, v) in flips {
+                    let i = at % bytes.len();
+                    bytes[i] = v;
+                }
+                bytes.truncate(cut % (bytes.len() + 1));
+                fs::create_dir_all(&dir).unwrap();
+                fs::write(dir.join(STATE_FILE), &bytes).unwrap();
+                let (_, err) = load(&dir);
+                if let Some(e) = err {
+                    prop_assert!(!e.is_empty());
+                }
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+    }
 }

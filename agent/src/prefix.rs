@@ -342,4 +342,21 @@ mod tests {
         assert!(!p.contains("::a00:1".parse().unwrap()));
         assert!(p.overlaps(&"10.1.0.0/16".parse().unwrap()));
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(5000)))]
+            /// Any text: a prefix that prints back to itself, or an error.
+            #[test]
+            fn any_text_parses_to_a_round_trip_or_errs(s in "[0-9a-fA-F:./%x ]{0,50}") {
+                if let Ok(p) = s.parse::<Prefix>() {
+                    prop_assert_eq!(p.to_string().parse::<Prefix>(), Ok(p));
+                }
+            }
+        }
+    }
 }
