@@ -120,6 +120,7 @@ pub struct Datapath {
     active: u32,
     iface_slots: Array<MapData, u32>,
     counters: PerCpuArray<MapData, Counter>,
+    counters_fd: OwnedFd,
     stats: PerCpuArray<MapData, u64>,
     allow_v4: HashMap<MapData, V4Key, ListEntry>,
     allow_v6: HashMap<MapData, V6Key, ListEntry>,
@@ -250,6 +251,23 @@ impl Datapath {
         let (allow_v6, allow_v6_fd) = take_with_fd!(map_name::ALLOW_V6);
         let (block_v4, block_v4_fd) = take_with_fd!(map_name::BLOCK_V4);
         let (block_v6, block_v6_fd) = take_with_fd!(map_name::BLOCK_V6);
+        // The counters' fd too, to read all CPUs' counters in one syscall.
+        let counters_map = ebpf.take_map(map_name::COUNTERS).ok_or_else(|| {
+            DatapathError::Invalid(format!("the object has no map {}", map_name::COUNTERS))
+        })?;
+        let counters_fd = match &counters_map {
+            aya::maps::Map::PerCpuArray(d) => d.fd().as_fd().try_clone_to_owned().map_err(|e| {
+                DatapathError::Invalid(format!("duplicating the fd of COUNTERS: {e}"))
+            })?,
+            _ => {
+                return Err(DatapathError::Invalid(
+                    "COUNTERS is not a per-CPU array".into(),
+                ));
+            }
+        };
+        let counters: PerCpuArray<MapData, Counter> = counters_map
+            .try_into()
+            .map_err(map_err(map_name::COUNTERS))?;
         let config_maps: Array<MapData, Config> = take!(map_name::CONFIG);
         let config_active: Array<MapData, u32> = take!(map_name::CONFIG_ACTIVE);
         let active = config_active
@@ -265,7 +283,8 @@ impl Datapath {
             config_active,
             active,
             iface_slots: take!(map_name::IFACE_SLOTS),
-            counters: take!(map_name::COUNTERS),
+            counters,
+            counters_fd,
             stats: take!(map_name::STATS),
             allow_v4,
             allow_v6,
@@ -760,6 +779,9 @@ impl Datapath {
 
     /// Every counter, summed over CPUs, indexed like `abi::counter_index`.
     pub fn counters(&self) -> Result<Vec<Counter>, DatapathError> {
+        if let Some(all) = self.counters_batched() {
+            return Ok(all);
+        }
         let mut out = vec![Counter::default(); COUNTER_ENTRIES as usize];
         for (i, per_cpu) in self.counters.iter().enumerate() {
             let per_cpu = per_cpu.map_err(map_err(map_name::COUNTERS))?;
@@ -769,6 +791,63 @@ impl Datapath {
             }
         }
         Ok(out)
+    }
+
+    /// Every counter summed over CPUs with one BPF_MAP_LOOKUP_BATCH (a
+    /// scrape reads thousands of per-CPU slots); None if the kernel refuses,
+    /// and the caller reads them one by one.
+    fn counters_batched(&self) -> Option<Vec<Counter>> {
+        #[repr(C)]
+        struct BatchAttr {
+            in_batch: u64,
+            out_batch: u64,
+            keys: u64,
+            values: u64,
+            count: u32,
+            map_fd: u32,
+            elem_flags: u64,
+            flags: u64,
+        }
+        const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+        let cpus = aya::util::nr_cpus().ok()?;
+        let n = COUNTER_ENTRIES as usize;
+        let mut keys = vec![0u32; n];
+        // Counter is 16 bytes, already a multiple of 8 as per-CPU values need.
+        let mut values = vec![Counter::default(); n * cpus];
+        let mut out_batch = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: (&raw mut out_batch) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: n as u32,
+            map_fd: self.counters_fd.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: keys and values have room for `count` entries of the
+        // map's key type and `count` x CPUs values of its value type.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let done = r >= 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT);
+        if !done || attr.count as usize != n {
+            return None;
+        }
+        let mut out = vec![Counter::default(); n];
+        for (k, key) in keys.iter().enumerate() {
+            let slot = out.get_mut(*key as usize)?;
+            for c in &values[k * cpus..(k + 1) * cpus] {
+                slot.packets += c.packets;
+                slot.bytes += c.bytes;
+            }
+        }
+        Some(out)
     }
 
     /// The `abi::stat` counters, summed over CPUs.
