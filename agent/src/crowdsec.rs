@@ -220,12 +220,13 @@ pub async fn run(shared: Arc<Shared>) {
         was_on = true;
         let result = poll(&shared, &cfg, startup).await;
         {
+            let active = lock(&shared.core)
+                .runtime_of(ListKind::Block, CROWDSEC_ORIGIN)
+                .len() as u64;
             let mut guard = lock(&shared.crowdsec.status);
             let st = guard.get_or_insert_with(CrowdsecStatus::default);
             st.url.clone_from(&cfg.url);
-            st.active = lock(&shared.core)
-                .runtime_of(ListKind::Block, CROWDSEC_ORIGIN)
-                .len() as u64;
+            st.active = active;
             match &result {
                 Ok(()) => {
                     st.polls_ok += 1;

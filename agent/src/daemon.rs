@@ -41,7 +41,8 @@ pub struct AgentOptions {
     pub replace_maps: bool,
 }
 
-/// Everything the tasks and handlers share.
+/// Everything the tasks and handlers share. Lock order: `core` first; no
+/// other of these locks is held while `core` is taken.
 pub struct Shared {
     pub core: Mutex<Core>,
     pub ifaces: Mutex<Vec<IfaceStatus>>,
@@ -422,17 +423,20 @@ async fn watch_config(shared: Arc<Shared>) {
 pub fn save_state(shared: &Shared) {
     // Written under the lock: the view streams from the registry. Control
     // requests wait for it; the data plane never does.
+    // Lock order: `core` is never taken while `state_error` is held (the
+    // status handler takes them the other way round).
     let result = {
-        let core = lock(&shared.core);
-        match core.snapshot() {
+        let mut core = lock(&shared.core);
+        let r = match core.snapshot() {
             Ok(s) => persist::save(&shared.state_dir, &s).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
-        }
+        };
+        core.dirty = r.is_err();
+        r
     };
     let mut err = lock(&shared.state_error);
     match result {
         Ok(()) => {
-            lock(&shared.core).dirty = false;
             if err.take().is_some() {
                 tracing::info!("state file written again");
             }
