@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | bench`.
+//! Project tasks: `cargo xtask setup | build | test | demo | bench | reliability`.
 //! xtask only orchestrates; the work is in the crates and their tests.
 mod bench;
 mod cmd;
 mod demo;
 mod manifests;
+mod reliability;
 mod setup;
 mod test;
 
@@ -41,6 +42,8 @@ enum Task {
     },
     /// Formatting, lints, unit tests, then the privileged integration tests.
     Test(test::TestArgs),
+    /// Long runs of the fuzzing and load tests (see docs/reliability.md).
+    Reliability(reliability::ReliabilityArgs),
 }
 
 fn main() {
@@ -54,6 +57,7 @@ fn main() {
         }
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Test(args) => setup::run().and_then(|()| test::run(&args)),
+        Task::Reliability(args) => setup::run().and_then(|()| reliability::run(&args)),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
