@@ -3,7 +3,10 @@
 //! file, the lockout guard, and an interface deleted and re-created.
 use std::{process::Command, thread::sleep, time::Duration};
 
-use rampart_tests::lab::{Lab, eventually, rampart_bin};
+use rampart_tests::{
+    lab::{Lab, eventually, rampart_bin},
+    traffic::{Delivered, Flood},
+};
 
 fn block_second_client(lab: &Lab) -> String {
     format!("[blocklist]\nentries = [\"{}\"]\n", lab.client_ips[1])
@@ -124,7 +127,10 @@ fn sigkill_leaves_filtering_on_and_a_restart_readopts() -> anyhow::Result<()> {
     let before = lab.counter("drop", "blocklist");
     assert!(before >= 3);
 
-    // Kill the agent while the blocked source sends; restart it mid-way.
+    // Kill the agent while the blocked source sends and the banned source
+    // floods; nothing from the blocked source may reach the server's stack.
+    let delivered = Delivered::watch(&lab, &blocked)?;
+    let flood = Flood::start(&lab, &flooder);
     let sender = lab
         .cli
         .command("ping")
@@ -148,6 +154,8 @@ fn sigkill_leaves_filtering_on_and_a_restart_readopts() -> anyhow::Result<()> {
         "blocked packets got through while the agent was down: {text}"
     );
     lab.start()?;
+    drop(flood);
+    assert_eq!(delivered.packets(), 0, "blocked packets reached the stack");
     let after = lab.counter("drop", "blocklist");
     assert!(
         after >= before + 40,
@@ -264,6 +272,8 @@ fn an_interface_deleted_and_recreated_is_reattached() -> anyhow::Result<()> {
     lab.write_config(&block_second_client(&lab))?;
     lab.start()?;
     assert_eq!(lab.ping(&lab.client_ips[1], 1, "0.2"), 0);
+    // The interface goes away under a flood, and comes back under it.
+    let flood = Flood::start(&lab, &lab.client_ips[2]);
     let iface = lab.iface();
     lab.srv.exec(&["ip", "link", "del", &iface])?;
     assert!(eventually(10, || {
@@ -309,6 +319,8 @@ fn an_interface_deleted_and_recreated_is_reattached() -> anyhow::Result<()> {
     );
     let (code, _) = lab.http_get("/readyz");
     assert_eq!(code, 200);
+    drop(flood);
+    assert!(!lab.log().contains("panicked"));
     Ok(())
 }
 

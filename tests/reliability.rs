@@ -14,102 +14,8 @@ use std::{
 use rampart_tests::{
     lab::{Lab, eventually, rampart_bin},
     netns::sh,
+    traffic::{Delivered, Flood, PingFlood},
 };
-
-/// Replies to a `ping -f` from `from` that ran until it ended.
-fn flood_replies(child: std::process::Child) -> (u64, u64) {
-    let out = child.wait_with_output().expect("wait for ping");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let stat = text
-        .lines()
-        .find(|l| l.contains("transmitted"))
-        .unwrap_or("");
-    let num = |key: &str| {
-        stat.split(',')
-            .find(|p| p.contains(key))
-            .and_then(|p| p.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    (num("transmitted"), num("received"))
-}
-
-fn start_flood(lab: &Lab, from: &str, secs: u32) -> std::process::Child {
-    lab.cli
-        .command("ping")
-        .args(["-f", "-w", &secs.to_string(), "-I", from, &lab.server_ip])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ping -f")
-}
-
-/// An hping3 ICMP flood from `from` (one of the client's addresses), paced
-/// so that it leaves the agent and the load generator a CPU on a 2-CPU host.
-struct Flood(std::process::Child);
-
-impl Flood {
-    fn start(lab: &Lab, from: &str) -> Self {
-        Self(
-            lab.cli
-                .command("hping3")
-                .args(["--icmp", "-i", "u20", "-q", "-a", from, &lab.server_ip])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start hping3"),
-        )
-    }
-}
-
-impl Drop for Flood {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Counts packets from `ip` that reach the server's network stack (after
-/// XDP), with an nftables counter at the earliest hook.
-struct Delivered {
-    ns: String,
-}
-
-impl Delivered {
-    fn watch(lab: &Lab, ip: &str) -> anyhow::Result<Self> {
-        let ns = lab.srv.name.clone();
-        let nft = |args: &[&str]| {
-            let mut full = vec!["ip", "netns", "exec", &ns, "nft"];
-            full.extend_from_slice(args);
-            sh(&full)
-        };
-        nft(&["add", "table", "inet", "rp_leak"])?;
-        nft(&[
-            "add",
-            "chain",
-            "inet",
-            "rp_leak",
-            "pre",
-            "{ type filter hook prerouting priority -500 ; }",
-        ])?;
-        nft(&[
-            "add", "rule", "inet", "rp_leak", "pre", "ip", "saddr", ip, "counter",
-        ])?;
-        Ok(Self { ns })
-    }
-
-    fn packets(&self) -> u64 {
-        let out = sh(&[
-            "ip", "netns", "exec", &self.ns, "nft", "list", "table", "inet", "rp_leak",
-        ])
-        .unwrap_or_default();
-        out.split("packets ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(u64::MAX)
-    }
-}
 
 fn no_panic(lab: &Lab) {
     let log = lab.log();
@@ -135,7 +41,7 @@ fn a_reload_storm_during_a_flood_lets_no_blocked_packet_through() -> anyhow::Res
     let delivered = Delivered::watch(&lab, &blocked)?;
     let dropped_before = lab.counter("drop", "blocklist");
     let flood = Flood::start(&lab, &blocked);
-    let load = start_flood(&lab, &client, 8);
+    let load = PingFlood::start(&lab, &client, 8);
     let started = Instant::now();
     let mut hups = 0;
     let mut reloads = 0;
@@ -156,7 +62,7 @@ fn a_reload_storm_during_a_flood_lets_no_blocked_packet_through() -> anyhow::Res
     drop(flood);
     let dropped = lab.counter("drop", "blocklist") - dropped_before;
     let leaked = delivered.packets();
-    let (load_sent, load_received) = flood_replies(load);
+    let (load_sent, load_received) = load.finish();
     eprintln!(
         "{hups} SIGHUPs and {reloads} socket reloads in {storm:?}; blocked flood: {dropped} dropped, {leaked} delivered; client: {load_sent} sent / {load_received} answered"
     );
@@ -548,7 +454,7 @@ fn the_control_api_at_1000_requests_a_second_during_a_flood() -> anyhow::Result<
     let delivered = Delivered::watch(&lab, &blocked)?;
     let dropped_before = lab.counter("drop", "blocklist");
     let flood = Flood::start(&lab, &blocked);
-    let load = start_flood(&lab, &client, secs as u32 + 1);
+    let load = PingFlood::start(&lab, &client, secs as u32 + 1);
     // Four workers at 250 requests a second each, a mix of reads and writes.
     let socket = lab.socket.clone();
     let workers: Vec<_> = (0..4u32)
@@ -623,7 +529,7 @@ fn the_control_api_at_1000_requests_a_second_during_a_flood() -> anyhow::Result<
     drop(flood);
     let dropped = lab.counter("drop", "blocklist") - dropped_before;
     let leaked = delivered.packets();
-    let (load_sent, load_received) = flood_replies(load);
+    let (load_sent, load_received) = load.finish();
     eprintln!(
         "control API load: {total} requests in {secs}s ({:.0}/s), {errors} errors; latency p50 {:?} p90 {:?} p99 {:?} max {:?}; blocked flood: {dropped} dropped, {leaked} delivered; client: {load_sent} sent / {load_received} answered",
         total as f64 / secs as f64,
