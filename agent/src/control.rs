@@ -28,7 +28,7 @@ use crate::{
         self, AddRequest, ApiError, BansDelRequest, Changed, DelRequest, StatRow, Status, TableFill,
     },
     core::CoreError,
-    daemon::{Shared, lock, reload, save_state},
+    daemon::{Shared, lock, reload},
     persist::ListKind,
     policy::Protocol,
 };
@@ -308,7 +308,7 @@ async fn list_add(
         );
         match r {
             Ok(()) => {
-                save_state(&shared);
+                shared.save_soon.notify_one();
                 Json(Changed {
                     changed: req.prefixes.len(),
                 })
@@ -336,7 +336,7 @@ async fn list_del(
     let r = lock(&s.core).remove(kind, &req.prefixes);
     let resp = match r {
         Ok(n) => {
-            save_state(&s);
+            s.save_soon.notify_one();
             Json(Changed { changed: n }).into_response()
         }
         Err(e) => core_error(e),
@@ -377,7 +377,7 @@ async fn bans_del(
     };
     let resp = match r {
         Ok(n) => {
-            save_state(&s);
+            s.save_soon.notify_one();
             Json(Changed { changed: n }).into_response()
         }
         Err(e) => core_error(e),

@@ -3,7 +3,7 @@
 //! validate everything first, then change the kernel, config entries before
 //! removals, never an empty moment.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -120,33 +120,6 @@ pub struct ReloadStatus {
     pub failed_total: u64,
 }
 
-/// Serializes to the state file's shape (see `persist::State`).
-pub struct StateView<'a> {
-    entries: &'a BTreeMap<(ListKind, Prefix), Sources>,
-    bans: Vec<SavedBan>,
-}
-
-impl Serialize for StateView<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let entries = self.entries.iter().filter_map(|((kind, p), src)| {
-            src.runtime.as_ref().map(|r| SavedEntryRef {
-                list: *kind,
-                prefix: *p,
-                origin: &r.origin,
-                expires: r.expires(),
-                reason: r.reason.as_deref(),
-                added: r.added,
-            })
-        });
-        let mut st = s.serialize_struct("State", 3)?;
-        st.serialize_field("version", &crate::persist::version())?;
-        st.serialize_field("entries", &SeqOf(std::cell::RefCell::new(Some(entries))))?;
-        st.serialize_field("bans", &self.bans)?;
-        st.end()
-    }
-}
-
 /// A borrowed `SavedEntry`.
 #[derive(Serialize)]
 struct SavedEntryRef<'a> {
@@ -156,18 +129,6 @@ struct SavedEntryRef<'a> {
     expires: Option<u64>,
     reason: Option<&'a str>,
     added: u64,
-}
-
-/// Serializes an iterator as a sequence, once.
-struct SeqOf<I>(std::cell::RefCell<Option<I>>);
-
-impl<I: Iterator<Item = T>, T: Serialize> Serialize for SeqOf<I> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0.borrow_mut().take() {
-            Some(it) => s.collect_seq(it),
-            None => s.collect_seq(std::iter::empty::<T>()),
-        }
-    }
 }
 
 pub struct Core {
@@ -185,6 +146,9 @@ pub struct Core {
     pub rate_slots_used: u64,
     /// Feed name to its bit in `Sources::feeds`.
     feed_slots: BTreeMap<String, u32>,
+    /// Runtime entries with a deadline, soonest first.
+    expiring: BTreeSet<(u64, ListKind, Prefix)>,
+    entry_counts: BTreeMap<(ListKind, &'static str, String), u64>,
 }
 
 fn list_of(kind: ListKind) -> List {
@@ -210,6 +174,8 @@ impl Core {
             policy_names: Vec::new(),
             rate_slots_used: 0,
             feed_slots: BTreeMap::new(),
+            expiring: BTreeSet::new(),
+            entry_counts: BTreeMap::new(),
         };
         core.apply(cfg, true)?;
         // Entries in the maps (re-adopted pins) that no source claims were
@@ -326,7 +292,21 @@ impl Core {
         }
         self.dp.set_policies(&abi)?;
         self.policy_names = names;
+        self.count_entries();
         Ok(())
+    }
+
+    /// Sets or clears `key`'s runtime source, keeping the expiry index in
+    /// step. The only place a runtime source changes.
+    fn set_runtime(&mut self, key: (ListKind, Prefix), runtime: Option<RuntimeEntry>) {
+        let s = self.entries.entry(key).or_default();
+        if let Some(d) = s.runtime.as_ref().and_then(|r| r.deadline_ns) {
+            self.expiring.remove(&(d, key.0, key.1));
+        }
+        if let Some(d) = runtime.as_ref().and_then(|r| r.deadline_ns) {
+            self.expiring.insert((d, key.0, key.1));
+        }
+        s.runtime = runtime;
     }
 
     /// The kernel entry `key`'s sources call for; None when it has none.
@@ -437,12 +417,15 @@ impl Core {
         for (p, expires, reason) in items {
             let key = (kind, *p);
             let is_new = !self.entries.contains_key(&key);
-            self.entries.entry(key).or_default().runtime = Some(RuntimeEntry {
-                origin: origin.clone(),
-                deadline_ns: expires.map(clock::mono_deadline),
-                reason: reason.clone(),
-                added: now,
-            });
+            self.set_runtime(
+                key,
+                Some(RuntimeEntry {
+                    origin: origin.clone(),
+                    deadline_ns: expires.map(clock::mono_deadline),
+                    reason: reason.clone(),
+                    added: now,
+                }),
+            );
             if let Some(entry) = self.kernel_entry(&key) {
                 batch.push((*p, entry, is_new));
             }
@@ -481,9 +464,7 @@ impl Core {
             return Err(CoreError::Refused(problems.join("; ")));
         }
         for p in prefixes {
-            if let Some(s) = self.entries.get_mut(&(kind, *p)) {
-                s.runtime = None;
-            }
+            self.set_runtime((kind, *p), None);
             self.sync((kind, *p))?;
         }
         self.dirty = true;
@@ -507,9 +488,7 @@ impl Core {
                 .and_then(|s| s.runtime.as_ref())
                 .is_some_and(|r| &*r.origin == origin);
             if ours {
-                if let Some(s) = self.entries.get_mut(&key) {
-                    s.runtime = None;
-                }
+                self.set_runtime(key, None);
                 self.sync(key)?;
                 n += 1;
             }
@@ -611,22 +590,17 @@ impl Core {
     /// Removes expired runtime entries and long-expired ban records.
     /// Returns how many were removed.
     pub fn sweep(&mut self) -> Result<usize, CoreError> {
+        // The expiry index, not the registry: a second's sweep of a million
+        // entries costs what expires, not what is listed.
         let now = clock::mono_ns();
         let expired: Vec<(ListKind, Prefix)> = self
-            .entries
+            .expiring
             .iter()
-            .filter(|(_, s)| {
-                s.runtime
-                    .as_ref()
-                    .and_then(|r| r.deadline_ns)
-                    .is_some_and(|d| d <= now)
-            })
-            .map(|(k, _)| *k)
+            .take_while(|(d, _, _)| *d <= now)
+            .map(|(_, k, p)| (*k, *p))
             .collect();
         for key in &expired {
-            if let Some(s) = self.entries.get_mut(key) {
-                s.runtime = None;
-            }
+            self.set_runtime(*key, None);
             self.sync(*key)?;
         }
         // A ban's record is kept past its end to recognise repeat offenders,
@@ -647,10 +621,51 @@ impl Core {
         Ok(n)
     }
 
-    /// Runtime state to persist, as a view that serializes like
-    /// [`State`] straight from the registry (no copy of every entry).
-    pub fn snapshot(&self) -> Result<StateView<'_>, CoreError> {
-        let bans = self
+    /// Appends runtime entries after the key `after` to `out` as JSON
+    /// objects (comma-separated; `first` says whether one was written yet),
+    /// visiting at most `max` registry entries. Returns the last key
+    /// visited, or None at the end. The caller holds the lock only for one
+    /// piece, so saving a million entries never stalls the control plane.
+    pub fn write_runtime(
+        &self,
+        after: Option<(ListKind, Prefix)>,
+        max: usize,
+        out: &mut Vec<u8>,
+        first: &mut bool,
+    ) -> serde_json::Result<Option<(ListKind, Prefix)>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let range = match after {
+            Some(k) => self.entries.range((Excluded(k), Unbounded)),
+            None => self.entries.range(..),
+        };
+        let mut last = None;
+        for (n, ((kind, p), src)) in range.enumerate() {
+            if n == max {
+                return Ok(last);
+            }
+            last = Some((*kind, *p));
+            let Some(r) = &src.runtime else { continue };
+            if !std::mem::take(first) {
+                out.push(b',');
+            }
+            serde_json::to_writer(
+                &mut *out,
+                &SavedEntryRef {
+                    list: *kind,
+                    prefix: *p,
+                    origin: &r.origin,
+                    expires: r.expires(),
+                    reason: r.reason.as_deref(),
+                    added: r.added,
+                },
+            )?;
+        }
+        Ok(None)
+    }
+
+    /// Bans to persist, with wall-clock expiries.
+    pub fn saved_bans(&self) -> Result<Vec<SavedBan>, CoreError> {
+        Ok(self
             .dp
             .bans()?
             .into_iter()
@@ -660,11 +675,7 @@ impl Core {
                 offences: b.offences,
                 policy: b.policy,
             })
-            .collect();
-        Ok(StateView {
-            entries: &self.entries,
-            bans,
-        })
+            .collect())
     }
 
     /// Restores runtime entries and bans from the state file. Entries that
@@ -685,13 +696,15 @@ impl Core {
                     continue;
                 }
             }
-            let s = self.entries.entry((e.list, e.prefix)).or_default();
-            s.runtime = Some(RuntimeEntry {
-                origin: Arc::from(e.origin.as_str()),
-                deadline_ns: e.expires.map(clock::mono_deadline),
-                reason: e.reason.as_deref().map(Arc::from),
-                added: e.added,
-            });
+            self.set_runtime(
+                (e.list, e.prefix),
+                Some(RuntimeEntry {
+                    origin: Arc::from(e.origin.as_str()),
+                    deadline_ns: e.expires.map(clock::mono_deadline),
+                    reason: e.reason.as_deref().map(Arc::from),
+                    added: e.added,
+                }),
+            );
             self.sync((e.list, e.prefix))?;
         }
         let live: Vec<Prefix> = self.dp.bans()?.into_iter().map(|(p, _)| p).collect();
@@ -729,8 +742,19 @@ impl Core {
         Ok(n)
     }
 
-    /// Counts of list entries by list, family and origin (for metrics).
-    pub fn entry_counts(&self) -> BTreeMap<(ListKind, &'static str, String), u64> {
+    /// Counts of list entries by list, family and origin, as of the last
+    /// `count_entries` (housekeeping refreshes it every ten seconds, so a
+    /// scrape never walks a million entries under the lock).
+    pub fn entry_counts(&self) -> &BTreeMap<(ListKind, &'static str, String), u64> {
+        &self.entry_counts
+    }
+
+    /// Recounts list entries by list, family and origin.
+    pub fn count_entries(&mut self) {
+        self.entry_counts = self.tally_entries();
+    }
+
+    fn tally_entries(&self) -> BTreeMap<(ListKind, &'static str, String), u64> {
         let mut out = BTreeMap::new();
         for ((kind, p), s) in &self.entries {
             let fam = if p.is_ipv4() { "ipv4" } else { "ipv6" };

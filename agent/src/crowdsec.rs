@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     clock,
     core::CROWDSEC_ORIGIN,
-    daemon::{Shared, lock, save_state},
+    daemon::{Shared, lock},
     feed::error_chain,
     persist::ListKind,
     prefix::Prefix,
@@ -382,7 +382,7 @@ fn apply(
             skipped_protected = skipped,
             "crowdsec decisions applied"
         );
-        save_state(shared);
+        shared.save_soon.notify_one();
     }
     let mut guard = lock(&shared.crowdsec.status);
     let st = guard.get_or_insert_with(CrowdsecStatus::default);

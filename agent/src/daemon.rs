@@ -57,6 +57,10 @@ pub struct Shared {
     config_hash: Mutex<u64>,
     pub feeds: crate::feeds::Feeds,
     pub crowdsec: crate::crowdsec::Bouncer,
+    /// Held for a whole save: one writer of the state file at a time.
+    saving: Mutex<()>,
+    /// Wakes the saver after a change, so it reaches the state file at once.
+    pub save_soon: tokio::sync::Notify,
 }
 
 /// Locks a mutex, recovering from poisoning: a panicked holder must not take
@@ -199,6 +203,8 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
         config_hash: Mutex::new(config_hash),
         feeds,
         crowdsec: crate::crowdsec::Bouncer::default(),
+        saving: Mutex::new(()),
+        save_soon: tokio::sync::Notify::new(),
     });
     shared.metrics.record_reload(true);
     sync_interfaces(&shared);
@@ -208,6 +214,7 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
     let metrics = crate::control::start_metrics(shared.clone()).await?;
     tokio::spawn(watch_config(shared.clone()));
     tokio::spawn(housekeeping(shared.clone()));
+    tokio::spawn(saver(shared.clone()));
     tokio::spawn(crate::feeds::run(shared.clone()));
     tokio::spawn(crate::crowdsec::run(shared.clone()));
     if let Some(rb) = events {
@@ -419,21 +426,38 @@ async fn watch_config(shared: Arc<Shared>) {
     }
 }
 
-/// Persists runtime state; on failure, reports it and retries on the next tick.
+/// Registry entries serialized per hold of the core lock while saving.
+const SAVE_PIECE: usize = 4096;
+
+/// Persists runtime state; on failure, reports it and retries on the next
+/// tick. The registry is written in pieces, each under a short hold of the
+/// core lock, so a large state never stalls requests or scrapes. Changes
+/// made meanwhile set `dirty` again and are in the next save.
 pub fn save_state(shared: &Shared) {
-    // Written under the lock: the view streams from the registry. Control
-    // requests wait for it; the data plane never does.
-    // Lock order: `core` is never taken while `state_error` is held (the
-    // status handler takes them the other way round).
-    let result = {
-        let mut core = lock(&shared.core);
-        let r = match core.snapshot() {
-            Ok(s) => persist::save(&shared.state_dir, &s).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        core.dirty = r.is_err();
-        r
-    };
+    let _one_at_a_time = lock(&shared.saving);
+    lock(&shared.core).dirty = false;
+    let mut cursor = None;
+    let mut first = true;
+    let result = persist::save_streamed(
+        &shared.state_dir,
+        |buf| {
+            let core = lock(&shared.core);
+            cursor = core
+                .write_runtime(cursor, SAVE_PIECE, buf, &mut first)
+                .map_err(std::io::Error::other)?;
+            Ok(cursor.is_some())
+        },
+        || {
+            lock(&shared.core)
+                .saved_bans()
+                .map_err(std::io::Error::other)
+        },
+    )
+    .map_err(|e| e.to_string());
+    if result.is_err() {
+        lock(&shared.core).dirty = true;
+    }
+    // Lock order: `core` is never taken while `state_error` is held.
     let mut err = lock(&shared.state_error);
     match result {
         Ok(()) => {
@@ -470,17 +494,36 @@ async fn housekeeping(shared: Arc<Shared>) {
             }
             core.dirty
         };
-        if dirty || lock(&shared.state_error).is_some() {
-            save_state(&shared);
+        if dirty {
+            shared.save_soon.notify_one();
         }
         if n.is_multiple_of(2) {
             sync_interfaces(&shared);
         }
+        // Slow counts for metrics, refreshed here rather than per scrape.
         if n % 10 == 1 {
             let mut core = lock(&shared.core);
             if let Ok(used) = core.dp.rate_table_occupancy() {
                 core.rate_slots_used = used;
             }
+            core.count_entries();
+        }
+    }
+}
+
+/// Writes the state file when a change asks for it, and retries a failed
+/// write every second. Off the async workers: a large state takes seconds.
+async fn saver(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shared.save_soon.notified() => {}
+        }
+        let due = lock(&shared.core).dirty || lock(&shared.state_error).is_some();
+        if due {
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || save_state(&s)).await;
         }
     }
 }

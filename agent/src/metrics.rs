@@ -384,7 +384,7 @@ impl Metrics {
         }
         mirror(&self.refused, core.refused_total);
         self.list_entries.reset();
-        for ((kind, fam, origin), n) in core.entry_counts() {
+        for ((kind, fam, origin), n) in core.entry_counts().clone() {
             let list = if kind == ListKind::Allow {
                 "allow"
             } else {

@@ -97,18 +97,33 @@ fn set_aside(path: &Path, why: &str) -> String {
     }
 }
 
-/// Writes the state atomically: a reader (or a crash) sees the old file or
-/// the new one, never a mix. `state` serializes to the shape of [`State`]
-/// (the agent passes a view over its registry, so a million entries are
-/// streamed to the file rather than copied first).
-pub fn save(dir: &Path, state: &impl Serialize) -> std::io::Result<()> {
+/// Writes the state atomically (a reader, or a crash, sees the old file or
+/// the new one, never a mix) from pieces: `entries` appends entry objects
+/// (comma-separated) and returns false when there are no more; `bans` comes
+/// last. The caller can lock its registry per piece.
+pub fn save_streamed(
+    dir: &Path,
+    mut entries: impl FnMut(&mut Vec<u8>) -> std::io::Result<bool>,
+    bans: impl FnOnce() -> std::io::Result<Vec<SavedBan>>,
+) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
     let path = dir.join(STATE_FILE);
     let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
     {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-        serde_json::to_writer(&mut w, state).map_err(std::io::Error::other)?;
-        w.write_all(b"\n")?;
+        write!(w, "{{\"version\":{STATE_VERSION},\"entries\":[")?;
+        let mut buf = Vec::with_capacity(1 << 20);
+        loop {
+            buf.clear();
+            let more = entries(&mut buf)?;
+            w.write_all(&buf)?;
+            if !more {
+                break;
+            }
+        }
+        w.write_all(b"],\"bans\":")?;
+        serde_json::to_writer(&mut w, &bans()?).map_err(std::io::Error::other)?;
+        w.write_all(b"}\n")?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
     fs::rename(&tmp, &path)?;
@@ -140,7 +155,18 @@ mod tests {
             }],
             bans: vec![],
         };
-        save(&dir, &s).unwrap();
+        let mut pieces = s.entries.iter();
+        save_streamed(
+            &dir,
+            |buf| {
+                if let Some(e) = pieces.next() {
+                    serde_json::to_writer(&mut *buf, e).unwrap();
+                }
+                Ok(pieces.len() > 0)
+            },
+            || Ok(s.bans.clone()),
+        )
+        .unwrap();
         assert_eq!(load(&dir), (s, None));
         fs::write(dir.join(STATE_FILE), "{not json").unwrap();
         let (s2, err) = load(&dir);
