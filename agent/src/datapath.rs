@@ -797,17 +797,6 @@ impl Datapath {
     /// scrape reads thousands of per-CPU slots); None if the kernel refuses,
     /// and the caller reads them one by one.
     fn counters_batched(&self) -> Option<Vec<Counter>> {
-        #[repr(C)]
-        struct BatchAttr {
-            in_batch: u64,
-            out_batch: u64,
-            keys: u64,
-            values: u64,
-            count: u32,
-            map_fd: u32,
-            elem_flags: u64,
-            flags: u64,
-        }
         const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
         let cpus = aya::util::nr_cpus().ok()?;
         let n = COUNTER_ENTRIES as usize;
@@ -815,27 +804,19 @@ impl Datapath {
         // Counter is 16 bytes, already a multiple of 8 as per-CPU values need.
         let mut values = vec![Counter::default(); n * cpus];
         let mut out_batch = 0u32;
-        let mut attr = BatchAttr {
-            in_batch: 0,
-            out_batch: (&raw mut out_batch) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: n as u32,
-            map_fd: self.counters_fd.as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
+        let mut attr = BatchAttr::new(
+            &self.counters_fd,
+            keys.as_mut_ptr() as u64,
+            values.as_mut_ptr() as u64,
+            n,
+        );
+        attr.out_batch = (&raw mut out_batch) as u64;
         // SAFETY: keys and values have room for `count` entries of the
-        // map's key type and `count` x CPUs values of its value type.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let done = r >= 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT);
+        // map's key type and `count` x CPUs values of its value type, and
+        // out_batch for the map's key.
+        let r = unsafe { bpf_cmd(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        // The end of the array is reported as ENOENT with the entries read.
+        let done = r.is_ok() || r.is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT));
         if !done || attr.count as usize != n {
             return None;
         }
@@ -966,49 +947,61 @@ impl Tables for ReadOnlyView<'_> {
     fn ban_started(&self, _ban: &BanStarted) {}
 }
 
-/// `BPF_MAP_UPDATE_BATCH` (Linux 5.6): aya 0.14 has no batch API.
+/// The batch member of `union bpf_attr`: aya 0.14 has no batch API.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+impl BatchAttr {
+    fn new(fd: &OwnedFd, keys: u64, values: u64, count: usize) -> Self {
+        Self {
+            in_batch: 0,
+            out_batch: 0,
+            keys,
+            values,
+            count: count as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        }
+    }
+}
+
+/// Runs one `bpf(2)` command on `attr`.
+///
+/// # Safety
+/// `attr` must be the member of `union bpf_attr` that `cmd` reads, and its
+/// pointers must reference memory of the sizes the command expects.
+unsafe fn bpf_cmd<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<()> {
+    // SAFETY: upheld by the caller.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Map updates in batches of 64k with `BPF_MAP_UPDATE_BATCH` (Linux 5.6).
 fn batch_update<K: aya::Pod, V: aya::Pod>(
     fd: &OwnedFd,
     keys: &[K],
     values: &[V],
 ) -> Result<(), DatapathError> {
-    // The batch member of union bpf_attr.
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    const CHUNK: usize = 1 << 16;
-    for (kc, vc) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
-        let mut attr = BatchAttr {
-            in_batch: 0,
-            out_batch: 0,
-            keys: kc.as_ptr() as u64,
-            values: vc.as_ptr() as u64,
-            count: kc.len() as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
+    for (kc, vc) in keys.chunks(BATCH_CHUNK).zip(values.chunks(BATCH_CHUNK)) {
+        let mut attr = BatchAttr::new(fd, kc.as_ptr() as u64, vc.as_ptr() as u64, kc.len());
         // SAFETY: attr points to valid key and value arrays of `count`
         // elements each, of the map's key and value types, alive for the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
+        if let Err(e) = unsafe { bpf_cmd(BPF_MAP_UPDATE_BATCH, &mut attr) } {
             return Err(DatapathError::Invalid(format!(
                 "batch update failed after {} of {} entries: {e}",
                 attr.count,
@@ -1019,54 +1012,30 @@ fn batch_update<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
+const BATCH_CHUNK: usize = 1 << 16;
+
 /// Deletes keys with BPF_MAP_DELETE_BATCH. A key that is already gone
 /// stops a batch (ENOENT); the rest of that chunk is then deleted one by one.
 fn batch_delete<K: aya::Pod>(fd: &OwnedFd, keys: &[K]) -> Result<(), DatapathError> {
+    /// The elem member of `union bpf_attr`.
     #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
+    struct ElemAttr {
         map_fd: u32,
-        elem_flags: u64,
+        pad: u32,
+        key: u64,
+        value: u64,
         flags: u64,
     }
     const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
     const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-    const CHUNK: usize = 1 << 16;
-    let sys = |cmd: libc::c_long, attr: *mut u8, size: usize| {
-        // SAFETY: `attr` points to a bpf_attr prefix of `size` bytes whose
-        // pointers reference live arrays of the map's key type.
-        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) }
-    };
-    for chunk in keys.chunks(CHUNK) {
-        let mut attr = BatchAttr {
-            in_batch: 0,
-            out_batch: 0,
-            keys: chunk.as_ptr() as u64,
-            values: 0,
-            count: chunk.len() as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
-        let size = std::mem::size_of::<BatchAttr>();
-        if sys(BPF_MAP_DELETE_BATCH, (&raw mut attr).cast(), size) >= 0 {
+    for chunk in keys.chunks(BATCH_CHUNK) {
+        let mut attr = BatchAttr::new(fd, chunk.as_ptr() as u64, 0, chunk.len());
+        // SAFETY: attr points to `count` keys of the map's key type.
+        if unsafe { bpf_cmd(BPF_MAP_DELETE_BATCH, &mut attr) }.is_ok() {
             continue;
         }
         let done = attr.count as usize;
         for key in &chunk[done.min(chunk.len())..] {
-            // The elem member of union bpf_attr: map_fd, pad, key, value, flags.
-            #[repr(C)]
-            struct ElemAttr {
-                map_fd: u32,
-                pad: u32,
-                key: u64,
-                value: u64,
-                flags: u64,
-            }
             let mut a = ElemAttr {
                 map_fd: fd.as_raw_fd() as u32,
                 pad: 0,
@@ -1074,13 +1043,8 @@ fn batch_delete<K: aya::Pod>(fd: &OwnedFd, keys: &[K]) -> Result<(), DatapathErr
                 value: 0,
                 flags: 0,
             };
-            if sys(
-                BPF_MAP_DELETE_ELEM,
-                (&raw mut a).cast(),
-                std::mem::size_of::<ElemAttr>(),
-            ) < 0
-            {
-                let e = std::io::Error::last_os_error();
+            // SAFETY: a points to one key of the map's key type.
+            if let Err(e) = unsafe { bpf_cmd(BPF_MAP_DELETE_ELEM, &mut a) } {
                 if e.raw_os_error() != Some(libc::ENOENT) {
                     return Err(DatapathError::Invalid(format!("batch delete failed: {e}")));
                 }
