@@ -493,7 +493,7 @@ async fn feeds_list(State(s): Shr) -> Response {
                 .unwrap_or_else(|| crate::feeds::FeedStatus {
                     name: spec.name.clone(),
                     source: spec.source.clone(),
-                    action: format!("{:?}", spec.action).to_lowercase(),
+                    action: crate::feeds::action_name(spec.action).into(),
                     ..Default::default()
                 })
         })

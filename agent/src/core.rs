@@ -151,7 +151,7 @@ pub struct Core {
     entry_counts: BTreeMap<(ListKind, &'static str, String), u64>,
 }
 
-fn list_of(kind: ListKind) -> List {
+pub fn list_of(kind: ListKind) -> List {
     match kind {
         ListKind::Allow => List::Allow,
         ListKind::Block => List::Block,

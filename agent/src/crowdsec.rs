@@ -17,7 +17,7 @@ use crate::{
     clock,
     core::CROWDSEC_ORIGIN,
     daemon::{Shared, lock},
-    feed::error_chain,
+    feed::{error_chain, read_capped},
     persist::ListKind,
     prefix::Prefix,
 };
@@ -251,7 +251,7 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// Stream bodies larger than this are refused.
-const MAX_STREAM_BYTES: usize = 256 << 20;
+const MAX_STREAM_BYTES: u64 = 256 << 20;
 
 async fn poll(shared: &Arc<Shared>, cfg: &CrowdsecSection, startup: bool) -> Result<(), String> {
     let key = tokio::fs::read_to_string(&cfg.api_key_file)
@@ -273,7 +273,7 @@ async fn poll(shared: &Arc<Shared>, cfg: &CrowdsecSection, startup: bool) -> Res
         "{}/v1/decisions/stream?startup={startup}",
         cfg.url.trim_end_matches('/')
     );
-    let mut resp = shared
+    let resp = shared
         .crowdsec
         .client
         .get(&url)
@@ -294,19 +294,9 @@ async fn poll(shared: &Arc<Shared>, cfg: &CrowdsecSection, startup: bool) -> Res
     if !resp.status().is_success() {
         return Err(format!("{url} answered {}", resp.status()));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the decision stream: {}", error_chain(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_STREAM_BYTES {
-            return Err(format!(
-                "the decision stream is larger than {MAX_STREAM_BYTES} bytes"
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = read_capped(resp, MAX_STREAM_BYTES).await.map_err(|e| {
+        e.unwrap_or_else(|| format!("the decision stream is larger than {MAX_STREAM_BYTES} bytes"))
+    })?;
     let stream: Stream = serde_json::from_slice(&body)
         .map_err(|e| format!("the decision stream is not the expected JSON: {e}"))?;
     let shared2 = shared.clone();

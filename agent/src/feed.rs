@@ -160,10 +160,7 @@ pub fn parse(format: FeedFormat, text: &str, skip_invalid: bool) -> Result<Parse
         }
         match line.parse::<Prefix>() {
             Ok(p) => out.prefixes.push(p),
-            Err(e) if skip_invalid => {
-                out.invalid += 1;
-                let _ = e;
-            }
+            Err(_) if skip_invalid => out.invalid += 1,
             Err(e) => {
                 if errors.len() < 5 {
                     errors.push(format!("line {}: {e}", i + 1));
@@ -211,7 +208,7 @@ pub async fn fetch(spec: &FeedSpec, client: &reqwest::Client) -> Result<String, 
             buf
         }
         Location::Url(url) => {
-            let mut resp = client
+            let resp = client
                 .get(&url)
                 .timeout(spec.timeout)
                 .send()
@@ -220,21 +217,9 @@ pub async fn fetch(spec: &FeedSpec, client: &reqwest::Client) -> Result<String, 
             if !resp.status().is_success() {
                 return Err(format!("{url} answered {}", resp.status()));
             }
-            if resp.content_length().is_some_and(|n| n > max) {
-                return Err(too_big());
-            }
-            let mut buf = Vec::new();
-            while let Some(chunk) = resp
-                .chunk()
+            read_capped(resp, max)
                 .await
-                .map_err(|e| format!("reading {url}: {}", error_chain(&e)))?
-            {
-                if (buf.len() + chunk.len()) as u64 > max {
-                    return Err(too_big());
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            buf
+                .map_err(|e| e.unwrap_or_else(too_big))?
         }
     };
     String::from_utf8(bytes).map_err(|e| {
@@ -243,6 +228,27 @@ pub async fn fetch(spec: &FeedSpec, client: &reqwest::Client) -> Result<String, 
             e.utf8_error().valid_up_to()
         )
     })
+}
+
+/// Reads a response body of at most `max` bytes. `Err(None)`: larger
+/// than `max`; `Err(Some(e))`: the read failed.
+pub async fn read_capped(mut resp: reqwest::Response, max: u64) -> Result<Vec<u8>, Option<String>> {
+    if resp.content_length().is_some_and(|n| n > max) {
+        return Err(None);
+    }
+    let url = resp.url().to_string();
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Some(format!("reading {url}: {}", error_chain(&e))))?
+    {
+        if (buf.len() + chunk.len()) as u64 > max {
+            return Err(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
 }
 
 /// An error and its causes on one line (reqwest hides the useful part).

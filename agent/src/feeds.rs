@@ -57,7 +57,7 @@ fn kind_of(a: FeedAction) -> ListKind {
     }
 }
 
-fn action_name(a: FeedAction) -> &'static str {
+pub fn action_name(a: FeedAction) -> &'static str {
     match a {
         FeedAction::Block => "block",
         FeedAction::Allow => "allow",
@@ -104,13 +104,9 @@ impl Feeds {
                 }
             };
             if let std::collections::btree_map::Entry::Vacant(v) = adopted.entry(kind) {
-                let list = match kind {
-                    ListKind::Allow => rampart_common::decide::List::Allow,
-                    ListKind::Block => rampart_common::decide::List::Block,
-                };
                 let keys = core
                     .dp
-                    .list_entries(list)
+                    .list_entries(crate::core::list_of(kind))
                     .map(|v| v.into_iter().map(|(p, _)| p).collect())
                     .unwrap_or_default();
                 v.insert(keys);
