@@ -34,11 +34,9 @@ pub fn run_with(quick: bool, report_only: bool) -> anyhow::Result<()> {
     if quick {
         env.push(("RAMPART_BENCH_QUICK", "1"));
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     if !report_only {
         crate::build()?;
-        cmd::run_env(
-            &cargo,
+        cmd::cargo_env(
             &["bench", "-p", "rampart-tests", "--bench", "dataplane"],
             &env,
         )?;

@@ -47,6 +47,15 @@ pub fn output(program: &str, args: &[&str]) -> Option<String> {
 
 /// Runs cargo (the one that runs xtask) in the workspace root.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(&cargo, args)
+    cargo_env(args, &[])
+}
+
+/// Runs cargo with extra environment variables.
+pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    run_env(&cargo_path(), args, env)
+}
+
+/// The cargo that runs xtask (so its toolchain is the one used).
+pub fn cargo_path() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }

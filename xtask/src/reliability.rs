@@ -2,7 +2,7 @@
 //! `cargo xtask test` does. More differential-fuzzing frames, more parser
 //! fuzzing cases, and a longer control-API load test.
 //! Each test prints its counts and figures; docs/reliability.md says what they mean.
-use crate::cmd::{self, run_env};
+use crate::cmd;
 
 #[derive(clap::Args)]
 pub struct ReliabilityArgs {
@@ -18,11 +18,9 @@ pub struct ReliabilityArgs {
 }
 
 pub fn run(args: &ReliabilityArgs) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     cmd::cargo(&["build", "-p", "rampart"])?;
     let parser_cases = args.parser_cases.to_string();
-    run_env(
-        &cargo,
+    cmd::cargo_env(
         &[
             "test",
             "-p",
@@ -35,8 +33,7 @@ pub fn run(args: &ReliabilityArgs) -> anyhow::Result<()> {
         &[("RAMPART_FUZZ_CASES", &parser_cases)],
     )?;
     let frames = args.frames.to_string();
-    run_env(
-        &cargo,
+    cmd::cargo_env(
         &[
             "test",
             "-p",
@@ -52,8 +49,7 @@ pub fn run(args: &ReliabilityArgs) -> anyhow::Result<()> {
         &[("RAMPART_FUZZ_CASES", &frames)],
     )?;
     let secs = args.load_secs.to_string();
-    run_env(
-        &cargo,
+    cmd::cargo_env(
         &[
             "test",
             "-p",

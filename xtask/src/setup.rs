@@ -150,9 +150,8 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         "{LLVM_PREFIX}/bin:{}",
         std::env::var("PATH").unwrap_or_default()
     );
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run_env(
-        &cargo,
+        &cmd::cargo_path(),
         &[
             "install",
             "bpf-linker",
