@@ -490,12 +490,7 @@ async fn feeds_list(State(s): Shr) -> Response {
             book.iter()
                 .find(|b| b.name == spec.name)
                 .cloned()
-                .unwrap_or_else(|| crate::feeds::FeedStatus {
-                    name: spec.name.clone(),
-                    source: spec.source.clone(),
-                    action: crate::feeds::action_name(spec.action).into(),
-                    ..Default::default()
-                })
+                .unwrap_or_else(|| crate::feeds::FeedStatus::untried(spec))
         })
         .collect();
     Json(api::FeedsView {

@@ -57,7 +57,7 @@ fn kind_of(a: FeedAction) -> ListKind {
     }
 }
 
-pub fn action_name(a: FeedAction) -> &'static str {
+fn action_name(a: FeedAction) -> &'static str {
     match a {
         FeedAction::Block => "block",
         FeedAction::Allow => "allow",
@@ -142,6 +142,15 @@ fn mtime(p: &Path) -> u64 {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs())
+}
+
+impl FeedStatus {
+    /// A configured feed not tried yet.
+    pub fn untried(spec: &FeedSpec) -> Self {
+        let mut st = Self::default();
+        describe(&mut st, spec);
+        st
+    }
 }
 
 fn describe(st: &mut FeedStatus, spec: &FeedSpec) {
