@@ -18,8 +18,8 @@ use aya::{
 use rampart_common::{
     abi::{
         BanEntry, BucketSet, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, ListEntry,
-        MAX_POLICIES, MAX_PREFIX_LENS, PROGRAM_NAME, Policy, PrefixLens, V4Key, V6Key, config_flag,
-        map_name, stat,
+        MAX_POLICIES, MAX_PREFIX_LENS, OverflowBucket, PROGRAM_NAME, Policy, PrefixLens, V4Key,
+        V6Key, config_flag, map_name, policy_flag, stat,
     },
     decide::{BanStarted, List, Tables},
 };
@@ -130,6 +130,7 @@ pub struct Datapath {
     bans_v6: HashMap<MapData, V6Key, BanEntry>,
     policies: Array<MapData, Policy>,
     rate_sets: Array<MapData, BucketSet>,
+    rate_overflow: Array<MapData, OverflowBucket>,
     events: Option<RingBuf<MapData>>,
     allow_lens: LenCounts,
     block_lens: LenCounts,
@@ -151,7 +152,7 @@ struct ListFds {
 }
 
 /// Names of every map, with the pin file each has under a pin directory.
-pub const MAP_NAMES: [&str; 15] = [
+pub const MAP_NAMES: [&str; 16] = [
     map_name::CONFIG,
     map_name::CONFIG_ACTIVE,
     map_name::IFACE_SLOTS,
@@ -165,6 +166,7 @@ pub const MAP_NAMES: [&str; 15] = [
     map_name::BANS_V6,
     map_name::POLICIES,
     map_name::RATE_SETS,
+    map_name::RATE_OVERFLOW,
     map_name::EVENTS,
     "SAMPLER",
 ];
@@ -204,7 +206,8 @@ impl Datapath {
             .map_max_entries(map_name::BLOCK_V6, capacities.block_v6)
             .map_max_entries(map_name::BANS_V4, capacities.bans_v4)
             .map_max_entries(map_name::BANS_V6, capacities.bans_v6)
-            .map_max_entries(map_name::RATE_SETS, rate_sets);
+            .map_max_entries(map_name::RATE_SETS, rate_sets)
+            .map_max_entries(map_name::RATE_OVERFLOW, rate_sets);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -294,6 +297,7 @@ impl Datapath {
             bans_v6: take!(map_name::BANS_V6),
             policies: take!(map_name::POLICIES),
             rate_sets: take!(map_name::RATE_SETS),
+            rate_overflow: take!(map_name::RATE_OVERFLOW),
             events: Some(take!(map_name::EVENTS)),
             ebpf,
             allow_lens: LenCounts::default(),
@@ -684,8 +688,15 @@ impl Datapath {
                 .map_err(map_err(map_name::POLICIES))?;
         }
         self.policy_cache = policies.to_vec();
-        let mut v4: Vec<u8> = policies.iter().map(|p| p.v4_prefix.min(32)).collect();
-        let mut v6: Vec<u8> = policies.iter().map(|p| p.v6_prefix.min(128)).collect();
+        // Only policies that can ban add a length to probe: every packet
+        // pays one hash probe per length.
+        let banning = || {
+            policies
+                .iter()
+                .filter(|p| p.ban_threshold != 0 && p.flags & policy_flag::DRY_RUN == 0)
+        };
+        let mut v4: Vec<u8> = banning().map(|p| p.v4_prefix.min(32)).collect();
+        let mut v6: Vec<u8> = banning().map(|p| p.v6_prefix.min(128)).collect();
         // Bans already recorded stay findable under the lengths they used.
         for kv in self.bans_v4.keys() {
             v4.push(kv.map_err(map_err(map_name::BANS_V4))?.prefix_len as u8);
@@ -870,7 +881,7 @@ impl Datapath {
         let mut n = 0;
         for set in self.rate_sets.iter() {
             let set = set.map_err(map_err(map_name::RATE_SETS))?;
-            n += set.ways.iter().filter(|w| w.family != 0).count() as u64;
+            n += set.tags.iter().filter(|&&t| t != 0).count() as u64;
         }
         Ok(n)
     }
@@ -881,6 +892,9 @@ impl Datapath {
             self.rate_sets
                 .set(i, BucketSet::default(), 0)
                 .map_err(map_err(map_name::RATE_SETS))?;
+            self.rate_overflow
+                .set(i, OverflowBucket::default(), 0)
+                .map_err(map_err(map_name::RATE_OVERFLOW))?;
         }
         Ok(())
     }
@@ -937,9 +951,14 @@ impl Tables for ReadOnlyView<'_> {
         self.0.policy_cache.get(index as usize)
     }
 
-    fn with_rate_set<R>(&self, index: u32, f: impl FnOnce(&mut BucketSet) -> R) -> Option<R> {
-        let mut copy = self.0.rate_sets.get(&index, 0).ok()?;
-        Some(f(&mut copy))
+    fn with_rate_set<R>(
+        &self,
+        index: u32,
+        f: impl FnOnce(&mut BucketSet, &mut OverflowBucket) -> R,
+    ) -> Option<R> {
+        let mut set = self.0.rate_sets.get(&index, 0).ok()?;
+        let mut overflow = self.0.rate_overflow.get(&index, 0).ok()?;
+        Some(f(&mut set, &mut overflow))
     }
 
     fn count(&self, _stat: u32) {}

@@ -118,6 +118,7 @@ impl Prefix {
         match self.addr {
             IpAddr::V6(a) => Some(V6Key {
                 prefix_len: u32::from(self.len),
+                pad: 0,
                 addr: a.octets(),
             }),
             IpAddr::V4(_) => None,

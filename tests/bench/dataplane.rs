@@ -495,9 +495,25 @@ fn main() {
         "cpu_model": std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()),
         "quick": quick(),
     });
-    let per_packet = per_packet();
-    let throughput = throughput();
-    let control_plane = control_plane();
+    // RAMPART_BENCH_ONLY=per_packet (or throughput, control_plane; comma
+    // separated) runs a subset while working on one part.
+    let only = std::env::var("RAMPART_BENCH_ONLY").unwrap_or_default();
+    let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
+    let per_packet = if wanted("per_packet") {
+        per_packet()
+    } else {
+        BTreeMap::new()
+    };
+    let throughput = if wanted("throughput") {
+        throughput()
+    } else {
+        BTreeMap::new()
+    };
+    let control_plane = if wanted("control_plane") {
+        control_plane()
+    } else {
+        BTreeMap::new()
+    };
     let report = json!({"machine": machine, "per_packet": per_packet, "throughput": throughput, "control_plane": control_plane});
     let text = serde_json::to_string_pretty(&report).expect("json");
     match std::env::var("RAMPART_BENCH_OUT") {

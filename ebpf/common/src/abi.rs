@@ -6,7 +6,7 @@
 
 /// Bumped whenever a map's key or value layout changes; pins live under a
 /// directory named after it so an agent never adopts maps it cannot read.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Map names as the kernel and the pin directory see them (at most 15 bytes).
 pub mod map_name {
@@ -23,6 +23,7 @@ pub mod map_name {
     pub const BANS_V6: &str = "BANS_V6";
     pub const POLICIES: &str = "POLICIES";
     pub const RATE_SETS: &str = "RATE_SETS";
+    pub const RATE_OVERFLOW: &str = "RATE_OVERFLOW";
     pub const EVENTS: &str = "EVENTS";
 }
 
@@ -173,8 +174,10 @@ pub struct Config {
     pub ban_v6: PrefixLens,
 }
 
-/// Key of the IPv4 allow, block and ban tables: a masked prefix.
-#[repr(C)]
+/// Key of the IPv4 allow, block and ban tables: a masked prefix. Keys are
+/// 8-byte aligned: the kernel build writes them in 64-bit words, and the
+/// verifier refuses misaligned stack access.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct V4Key {
     pub prefix_len: u32,
@@ -182,10 +185,12 @@ pub struct V4Key {
 }
 
 /// Key of the IPv6 allow, block and ban tables: a masked prefix.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct V6Key {
     pub prefix_len: u32,
+    /// Always zero (keys are compared bytewise); keeps `addr` 8-byte aligned.
+    pub pad: u32,
     pub addr: [u8; 16],
 }
 
@@ -292,37 +297,44 @@ pub struct Policy {
     pub ban_max_ns: u64,
 }
 
-/// One source's state in the rate table. `family == 0` marks a free slot.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BucketSlot {
-    /// Aggregated source address (IPv4 in the first four bytes).
-    pub addr: [u8; 16],
-    pub family: u8,
-    pub prefix_len: u8,
-    pub policy: u16,
-    /// Drops since the bucket was last full.
-    pub violations: u32,
-    pub last_ns: u64,
-    /// Packet tokens, in units of 1e-9 packet.
-    pub pkt_tokens: u64,
-    /// Byte tokens, in units of 1e-9 byte.
-    pub byte_tokens: u64,
-}
-
 pub const RATE_WAYS: usize = 4;
 
 /// A set of the set-associative rate table (an entry of the `RATE_SETS`
-/// array). A source hashes to one set and takes any of its ways; when every
-/// way is busy, it is metered by the set's shared overflow bucket instead of
-/// evicting a source that is still active. Lookups never insert into or
-/// evict from a kernel hash table, so a spoofed flood costs what a flood from
-/// a few sources costs.
-#[repr(C)]
+/// array, which is memory-mappable so that its values are page-aligned and
+/// a set is exactly two cache lines). A source hashes to one set and takes
+/// any of its ways; when every way is busy, it is metered by the set's
+/// shared [`OverflowBucket`] instead of evicting a source that is still
+/// active. Lookups never insert into or evict from a kernel hash table, so a
+/// spoofed flood costs what a flood from a few sources costs.
+///
+/// The first line holds what a lookup compares (tags) and what choosing a
+/// victim reads (last use), so a new source that finds every way busy
+/// touches one line of the set; the second line holds the tokens.
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BucketSet {
-    pub ways: [BucketSlot; RATE_WAYS],
-    pub overflow: BucketSlot,
+    /// A keyed hash of the aggregated source, its prefix length and policy
+    /// (never 0); 0 marks a free way.
+    pub tags: [u32; RATE_WAYS],
+    /// Drops since the way's bucket was last full.
+    pub violations: [u32; RATE_WAYS],
+    pub last_ns: [u64; RATE_WAYS],
+    /// Packet tokens, in units of 1e-9 packet.
+    pub pkt_tokens: [u64; RATE_WAYS],
+    /// Byte tokens, in units of 1e-9 byte.
+    pub byte_tokens: [u64; RATE_WAYS],
+}
+
+/// The shared bucket of one set (an entry of `RATE_OVERFLOW`, indexed like
+/// `RATE_SETS`), for new sources that find every way busy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverflowBucket {
+    pub last_ns: u64,
+    pub pkt_tokens: u64,
+    pub byte_tokens: u64,
+    /// Unused (the shared bucket never bans); keeps the layout plain.
+    pub violations: u64,
 }
 
 /// Kinds of [`Event`].
@@ -367,11 +379,11 @@ const _: () = {
     assert!(size_of::<PrefixLens>() == 48);
     assert!(size_of::<Config>() == 32 + 6 * 48);
     assert!(size_of::<V4Key>() == 8);
-    assert!(size_of::<V6Key>() == 20);
+    assert!(size_of::<V6Key>() == 24);
     assert!(size_of::<ListEntry>() == 16);
     assert!(size_of::<BanEntry>() == 16);
     assert!(size_of::<Policy>() == 16 + 9 * 8);
-    assert!(size_of::<BucketSlot>() == 48);
-    assert!(size_of::<BucketSet>() == 240);
+    assert!(size_of::<BucketSet>() == 128);
+    assert!(size_of::<OverflowBucket>() == 32);
     assert!(size_of::<Event>() == 16 + 32 + 4 + 8 + 8 + 4);
 };

@@ -22,6 +22,7 @@ pub fn v6_key(addr: [u8; 16], len: u8) -> V6Key {
     let len = if len > 128 { 128 } else { len };
     V6Key {
         prefix_len: len as u32,
+        pad: 0,
         addr: mask_v6(addr, len),
     }
 }
@@ -62,18 +63,20 @@ pub fn v4_of(addr: &[u8; 16]) -> [u8; 4] {
     [addr[0], addr[1], addr[2], addr[3]]
 }
 
-/// Mixes an aggregated source and policy index into a rate-table hash.
+/// Mixes an aggregated source, its prefix length and the policy index into
+/// a rate-table hash.
 /// A keyed multiply-xorshift: cheap, and the secret seed keeps an attacker
 /// from choosing sources that collide with a given client.
 #[inline(always)]
-pub fn rate_hash(addr: &[u8; 16], family: u8, policy: u16, seed: u64) -> u64 {
+pub fn rate_hash(addr: &[u8; 16], family: u8, policy: u16, prefix_len: u8, seed: u64) -> u64 {
     let hi = u64::from_ne_bytes([
         addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
     ]);
     let lo = u64::from_ne_bytes([
         addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
     ]);
-    let mut h = seed ^ ((family as u64) << 56) ^ ((policy as u64) << 40);
+    let mut h =
+        seed ^ ((family as u64) << 56) ^ ((prefix_len as u64) << 48) ^ ((policy as u64) << 32);
     h = mix(h ^ hi);
     h = mix(h ^ lo);
     h

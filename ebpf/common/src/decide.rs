@@ -5,9 +5,9 @@
 //! maps, [`crate::model`] over plain collections.
 use crate::{
     abi::{
-        BanEntry, BucketSet, BucketSlot, Config, ListEntry, MAX_POLICIES, MAX_PREFIX_LENS,
-        NO_POLICY, Policy, PrefixLens, RATE_WAYS, V4Key, V6Key, action, config_flag, entry_flag,
-        policy_flag, proto, reason, stat,
+        BanEntry, BucketSet, Config, ListEntry, MAX_POLICIES, MAX_PREFIX_LENS, NO_POLICY,
+        OverflowBucket, Policy, PrefixLens, RATE_WAYS, V4Key, V6Key, action, config_flag,
+        entry_flag, policy_flag, proto, reason, stat,
     },
     addr::{mask_v6, rate_hash, v4_key, v4_of, v6_key},
     bucket::{SCALE, refill, scaled},
@@ -66,32 +66,17 @@ pub trait Tables {
     fn set_ban_v4(&self, key: &V4Key, ban: &BanEntry) -> bool;
     fn set_ban_v6(&self, key: &V6Key, ban: &BanEntry) -> bool;
     fn policy(&self, index: u32) -> Option<&Policy>;
-    /// Runs `f` on one set of the rate table; `None` if the index is out of range.
-    fn with_rate_set<R>(&self, index: u32, f: impl FnOnce(&mut BucketSet) -> R) -> Option<R>;
+    /// Runs `f` on one set of the rate table and its overflow bucket;
+    /// `None` if the index is out of range.
+    fn with_rate_set<R>(
+        &self,
+        index: u32,
+        f: impl FnOnce(&mut BucketSet, &mut OverflowBucket) -> R,
+    ) -> Option<R>;
     /// Adds one to a [`stat`] counter.
     fn count(&self, stat: u32);
     /// Announces a ban to user space.
     fn ban_started(&self, ban: &BanStarted);
-
-    // The three costly steps of a decision. The defaults run the shared code
-    // directly (the model); the kernel overrides them to call the same code
-    // through BPF global functions, which the verifier checks once each
-    // instead of once per path into them.
-
-    /// Looks a source up in a list. See [`find_list_with`].
-    fn find_list(&self, cfg: &Config, list: List, src: &Source, now: u64) -> Option<ListEntry> {
-        find_list_with(self, cfg, list, src, now)
-    }
-
-    /// Whether a live ban covers the source. See [`find_ban_with`].
-    fn find_ban(&self, cfg: &Config, src: &Source, now: u64) -> bool {
-        find_ban_with(self, cfg, src, now)
-    }
-
-    /// Meters one packet against policy `index`. See [`meter_with`].
-    fn meter(&self, cfg: &Config, index: u32, src: &Source, len: u32, now: u64, dry: bool) -> bool {
-        meter_with(self, cfg, index, src, len, now, dry)
-    }
 }
 
 /// Decides what to do with a parsed packet of `len` bytes at monotonic time `now`.
@@ -105,19 +90,19 @@ pub fn decide<T: Tables>(t: &T, cfg: &Config, parsed: &Parsed, len: u32, now: u6
         Parsed::Ip(pkt) => (&pkt.src, Some(pkt)),
     };
 
-    if t.find_list(cfg, List::Allow, src, now).is_some() {
+    if find_list(t, cfg, List::Allow, src, now).is_some() {
         return Verdict::new(action::PASS, reason::ALLOWLIST);
     }
     // The first rule that would have dropped the packet under dry-run.
     let mut would: Option<Verdict> = None;
-    if let Some(entry) = t.find_list(cfg, List::Block, src, now) {
+    if let Some(entry) = find_list(t, cfg, List::Block, src, now) {
         let v = Verdict::new(action::DROP, reason::BLOCKLIST);
         if !global_dry && entry.flags & entry_flag::DRY_RUN == 0 {
             return v;
         }
         would.get_or_insert(v);
     }
-    if t.find_ban(cfg, src, now) {
+    if find_ban(t, cfg, src, now) {
         let v = Verdict::new(action::DROP, reason::BAN);
         if !global_dry {
             return v;
@@ -132,7 +117,7 @@ pub fn decide<T: Tables>(t: &T, cfg: &Config, parsed: &Parsed, len: u32, now: u6
     };
 
     if let Some((index, policy)) = first_policy(t, cfg, pkt) {
-        if !t.meter(cfg, index, src, len, now, global_dry) {
+        if !meter(t, cfg, index, src, len, now, global_dry) {
             let mut v = Verdict::new(action::DROP, reason::RATELIMIT);
             v.policy = index as u8;
             if !global_dry && policy.flags & policy_flag::DRY_RUN == 0 {
@@ -189,7 +174,7 @@ fn malformed(cfg: &Config, global_dry: bool) -> Verdict {
 /// longest first; expired entries and entries hidden from the list
 /// generation in force are skipped.
 #[inline(always)]
-pub fn find_list_with<T: Tables + ?Sized>(
+pub fn find_list<T: Tables + ?Sized>(
     t: &T,
     cfg: &Config,
     list: List,
@@ -222,7 +207,7 @@ pub fn find_list_with<T: Tables + ?Sized>(
 
 /// Whether a live ban covers the source.
 #[inline(always)]
-pub fn find_ban_with<T: Tables + ?Sized>(t: &T, cfg: &Config, src: &Source, now: u64) -> bool {
+pub fn find_ban<T: Tables + ?Sized>(t: &T, cfg: &Config, src: &Source, now: u64) -> bool {
     let live = |b: &BanEntry| now < b.expires_ns;
     if src.family == 4 {
         let addr = v4_of(&src.addr);
@@ -286,29 +271,18 @@ pub fn aggregate(p: &Policy, src: &Source) -> ([u8; 16], u8) {
     }
 }
 
-/// Byte arrays compared as words: `==` on arrays becomes a `bcmp` call,
-/// which BPF cannot link.
-#[inline(always)]
-fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let w = |x: &[u8; 16], i: usize| {
-        u64::from_ne_bytes([
-            x[i],
-            x[i + 1],
-            x[i + 2],
-            x[i + 3],
-            x[i + 4],
-            x[i + 5],
-            x[i + 6],
-            x[i + 7],
-        ])
-    };
-    w(a, 0) == w(b, 0) && w(a, 8) == w(b, 8)
+/// One token bucket, wherever its fields live (a way of a set, or a set's
+/// overflow bucket).
+pub struct Bucket<'a> {
+    pub last_ns: &'a mut u64,
+    pub pkt_tokens: &'a mut u64,
+    pub byte_tokens: &'a mut u64,
 }
 
 /// Meters one packet against policy `index`; true when it conforms. May
 /// start a ban (unless dry-run).
 #[inline(always)]
-pub fn meter_with<T: Tables + ?Sized>(
+pub fn meter<T: Tables + ?Sized>(
     t: &T,
     cfg: &Config,
     index: u32,
@@ -322,49 +296,65 @@ pub fn meter_with<T: Tables + ?Sized>(
     };
     let (addr, prefix_len) = aggregate(p, src);
     let family = src.family;
-    let set = (rate_hash(&addr, family, index as u16, cfg.hash_seed) as u32) & cfg.rate_set_mask;
-    let outcome = t.with_rate_set(set, |set| {
+    let hash = rate_hash(&addr, family, index as u16, prefix_len, cfg.hash_seed);
+    let set_index = (hash as u32) & cfg.rate_set_mask;
+    // The tag uses the other half of the hash, so sources sharing a set
+    // differ in it; never 0, which marks a free way.
+    let tag = ((hash >> 32) as u32) | 1;
+    let outcome = t.with_rate_set(set_index, |set, overflow| {
         let mut found = RATE_WAYS;
         let mut victim = RATE_WAYS;
         let mut victim_last = u64::MAX;
         for w in 0..RATE_WAYS {
-            let s = &set.ways[w];
-            if s.family == family
-                && s.policy == index as u16
-                && s.prefix_len == prefix_len
-                && same_addr(&s.addr, &addr)
-            {
+            if set.tags[w] == tag {
                 found = w;
                 break;
             }
-            let idle = s.family == 0 || now.saturating_sub(s.last_ns) > p.idle_ns;
-            if idle && s.last_ns < victim_last {
+            let last = set.last_ns[w];
+            let idle = set.tags[w] == 0 || now.saturating_sub(last) > p.idle_ns;
+            if idle && last < victim_last {
                 victim = w;
-                victim_last = s.last_ns;
+                victim_last = last;
             }
         }
-        // Which stat the packet moves, if any (u32::MAX: none).
-        let mut moved = u32::MAX;
-        let slot = if found < RATE_WAYS {
-            &mut set.ways[found]
+        let (way, moved) = if found < RATE_WAYS {
+            (found, u32::MAX)
         } else if victim < RATE_WAYS {
-            let slot = &mut set.ways[victim];
-            if slot.family != 0 {
-                moved = stat::RATE_EVICTIONS;
-            }
-            reset_slot(slot, p, &addr, family, prefix_len, index, now);
-            slot
+            let moved = if set.tags[victim] != 0 {
+                stat::RATE_EVICTIONS
+            } else {
+                u32::MAX
+            };
+            claim(set, victim, tag, p, now);
+            (victim, moved)
         } else {
             // Every way is held by an active source: meter the newcomer with
             // the set's shared bucket rather than evict or wave it through.
-            moved = stat::RATE_OVERFLOW;
-            &mut set.overflow
+            let bucket = Bucket {
+                last_ns: &mut overflow.last_ns,
+                pkt_tokens: &mut overflow.pkt_tokens,
+                byte_tokens: &mut overflow.byte_tokens,
+            };
+            let ok = take(bucket, p, len, now).0;
+            return (ok, false, stat::RATE_OVERFLOW);
         };
-        let ok = take(slot, p, len, now);
-        let own_slot = moved != stat::RATE_OVERFLOW;
-        let ban_due = !ok && own_slot && p.ban_threshold != 0 && slot.violations >= p.ban_threshold;
+        let bucket = Bucket {
+            last_ns: &mut set.last_ns[way],
+            pkt_tokens: &mut set.pkt_tokens[way],
+            byte_tokens: &mut set.byte_tokens[way],
+        };
+        let (ok, refilled) = take(bucket, p, len, now);
+        // A source that paused until its bucket filled starts its count afresh.
+        let violations = &mut set.violations[way];
+        if refilled {
+            *violations = 0;
+        }
+        if !ok {
+            *violations = violations.saturating_add(1);
+        }
+        let ban_due = !ok && p.ban_threshold != 0 && *violations >= p.ban_threshold;
         if ban_due {
-            slot.violations = 0;
+            *violations = 0;
         }
         (ok, ban_due, moved)
     });
@@ -381,56 +371,41 @@ pub fn meter_with<T: Tables + ?Sized>(
     ok
 }
 
-/// Hands a slot to a new source with a full bucket. Field by field, in
-/// place: a temporary slot would cost the kernel side stack it lacks.
+/// Hands way `w` to a new source with a full bucket.
 #[inline(always)]
-fn reset_slot(
-    slot: &mut BucketSlot,
-    p: &Policy,
-    addr: &[u8; 16],
-    family: u8,
-    prefix_len: u8,
-    index: u32,
-    now: u64,
-) {
-    slot.addr = *addr;
-    slot.family = family;
-    slot.prefix_len = prefix_len;
-    slot.policy = index as u16;
-    slot.violations = 0;
-    slot.last_ns = now;
-    slot.pkt_tokens = scaled(p.pps_burst);
-    slot.byte_tokens = scaled(p.bps_burst);
+fn claim(set: &mut BucketSet, w: usize, tag: u32, p: &Policy, now: u64) {
+    set.tags[w] = tag;
+    set.violations[w] = 0;
+    set.last_ns[w] = now;
+    set.pkt_tokens[w] = scaled(p.pps_burst);
+    set.byte_tokens[w] = scaled(p.bps_burst);
 }
 
 /// Refills a bucket and takes one packet (and its bytes) if both fit.
+/// Returns (conforms, the packet bucket was full before this packet).
 #[inline(always)]
-pub fn take(slot: &mut BucketSlot, p: &Policy, len: u32, now: u64) -> bool {
-    let elapsed = now.saturating_sub(slot.last_ns);
-    let pkt = refill(slot.pkt_tokens, elapsed, p.pps, p.pps_fill_ns, p.pps_burst);
+pub fn take(b: Bucket<'_>, p: &Policy, len: u32, now: u64) -> (bool, bool) {
+    let elapsed = now.saturating_sub(*b.last_ns);
+    let pkt = refill(*b.pkt_tokens, elapsed, p.pps, p.pps_fill_ns, p.pps_burst);
     let bytes = if p.bps != 0 {
-        refill(slot.byte_tokens, elapsed, p.bps, p.bps_fill_ns, p.bps_burst)
+        refill(*b.byte_tokens, elapsed, p.bps, p.bps_fill_ns, p.bps_burst)
     } else {
         0
     };
-    if now > slot.last_ns {
-        slot.last_ns = now;
+    if now > *b.last_ns {
+        *b.last_ns = now;
     }
-    // A source that paused until its bucket filled starts its count afresh.
-    if pkt == scaled(p.pps_burst) {
-        slot.violations = 0;
-    }
+    let refilled = pkt == scaled(p.pps_burst);
     let need_bytes = scaled(len as u64);
     let ok = pkt >= SCALE && (p.bps == 0 || bytes >= need_bytes);
     if ok {
-        slot.pkt_tokens = pkt - SCALE;
-        slot.byte_tokens = if p.bps != 0 { bytes - need_bytes } else { 0 };
+        *b.pkt_tokens = pkt - SCALE;
+        *b.byte_tokens = if p.bps != 0 { bytes - need_bytes } else { 0 };
     } else {
-        slot.pkt_tokens = pkt;
-        slot.byte_tokens = bytes;
-        slot.violations = slot.violations.saturating_add(1);
+        *b.pkt_tokens = pkt;
+        *b.byte_tokens = bytes;
     }
-    ok
+    (ok, refilled)
 }
 
 /// Longest ban time the agent accepts, and the largest repeat factor: their

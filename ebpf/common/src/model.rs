@@ -8,7 +8,7 @@ extern crate std;
 use std::{cell::RefCell, collections::HashMap, vec::Vec};
 
 use crate::{
-    abi::{BanEntry, BucketSet, Config, ListEntry, Policy, V4Key, V6Key, stat},
+    abi::{BanEntry, BucketSet, Config, ListEntry, OverflowBucket, Policy, V4Key, V6Key, stat},
     decide::{BanStarted, List, Tables, Verdict, decide},
     parse::parse,
 };
@@ -26,6 +26,7 @@ pub struct ModelTables {
     pub ban_capacity: usize,
     pub policies: Vec<Policy>,
     pub rate_sets: RefCell<Vec<BucketSet>>,
+    pub rate_overflow: RefCell<Vec<OverflowBucket>>,
     pub stats: RefCell<[u64; stat::COUNT as usize]>,
     pub bans_started: RefCell<Vec<BanStarted>>,
 }
@@ -83,8 +84,16 @@ impl Tables for ModelTables {
         self.policies.get(index as usize)
     }
 
-    fn with_rate_set<R>(&self, index: u32, f: impl FnOnce(&mut BucketSet) -> R) -> Option<R> {
-        self.rate_sets.borrow_mut().get_mut(index as usize).map(f)
+    fn with_rate_set<R>(
+        &self,
+        index: u32,
+        f: impl FnOnce(&mut BucketSet, &mut OverflowBucket) -> R,
+    ) -> Option<R> {
+        let mut sets = self.rate_sets.borrow_mut();
+        let mut overflow = self.rate_overflow.borrow_mut();
+        let set = sets.get_mut(index as usize)?;
+        let over = overflow.get_mut(index as usize)?;
+        Some(f(set, over))
     }
 
     fn count(&self, stat: u32) {
@@ -127,6 +136,7 @@ impl Model {
         let mut m = Self::default();
         m.config.rate_set_mask = (sets - 1) as u32;
         m.tables.rate_sets = RefCell::new(std::vec![BucketSet::default(); sets]);
+        m.tables.rate_overflow = RefCell::new(std::vec![OverflowBucket::default(); sets]);
         m.tables.ban_capacity = ban_capacity;
         m
     }

@@ -50,16 +50,20 @@ pub enum Parsed {
     Ip(Packet),
 }
 
-/// The source of an IP packet.
+/// The source of an IP packet. Eight-byte aligned, like [`Packet`]: the
+/// kernel build reads addresses as 64-bit words, and the verifier refuses
+/// misaligned stack access.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Source {
-    /// 4 or 6.
-    pub family: u8,
     /// IPv4 in the first four bytes.
     pub addr: [u8; 16],
+    /// 4 or 6.
+    pub family: u8,
 }
 
 /// The fields the decision needs.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Packet {
     pub src: Source,
@@ -75,7 +79,8 @@ pub struct Packet {
 
 #[inline(always)]
 fn be16<F: Frame>(f: &F, off: usize) -> Option<u16> {
-    f.read::<[u8; 2]>(off).map(u16::from_be_bytes)
+    f.read::<u16>(off)
+        .map(|w| u16::from_be_bytes(w.to_ne_bytes()))
 }
 
 /// Parses Ethernet, VLAN tags, IPv4/IPv6 and the transport ports.
@@ -106,28 +111,87 @@ pub fn parse<F: Frame>(f: &F) -> Parsed {
     }
 }
 
+/// Reads `N` bytes as a scalar and returns them in wire order. Headers are
+/// read as words rather than byte arrays: the kernel build turns a word into
+/// one load, where an array copy becomes byte-by-byte stack traffic.
+#[inline(always)]
+fn bytes4<F: Frame>(f: &F, off: usize) -> Option<[u8; 4]> {
+    f.read::<u32>(off).map(u32::to_ne_bytes)
+}
+
+#[inline(always)]
+fn bytes8<F: Frame>(f: &F, off: usize) -> Option<[u8; 8]> {
+    f.read::<u64>(off).map(u64::to_ne_bytes)
+}
+
+/// A 16-byte address read as two words.
+#[inline(always)]
+fn addr16<F: Frame>(f: &F, off: usize) -> Option<[u8; 16]> {
+    let hi = f.read::<u64>(off)?;
+    let lo = f.read::<u64>(off + 8)?;
+    Some(join_words(hi, lo))
+}
+
+/// Two native-order words as the 16 bytes they hold in memory.
+#[inline(always)]
+pub fn join_words(hi: u64, lo: u64) -> [u8; 16] {
+    let h = hi.to_ne_bytes();
+    let l = lo.to_ne_bytes();
+    [
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6],
+        l[7],
+    ]
+}
+
+/// An IPv4 address in the first four bytes of a 16-byte field.
+#[inline(always)]
+fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
+    join_words(u64::from_ne_bytes([a[0], a[1], a[2], a[3], 0, 0, 0, 0]), 0)
+}
+
+/// Length of the fixed IPv4 header.
+const IPV4_HLEN: usize = 20;
+
 #[inline(always)]
 fn parse_v4<F: Frame>(f: &F, off: usize) -> Parsed {
-    let Some(hdr) = f.read::<[u8; 20]>(off) else {
+    // The last word first: once it is there, the fixed header is. One read
+    // at a time: a tuple of `Option`s leaves the payloads of `None`
+    // uninitialised in registers, which the verifier refuses.
+    let Some(daddr) = bytes4(f, off + 16) else {
         return Parsed::Malformed(None);
     };
-    let mut src = Source {
-        family: 4,
-        addr: [0; 16],
+    let Some(saddr) = bytes4(f, off + 12) else {
+        return Parsed::Malformed(None);
     };
-    src.addr[..4].copy_from_slice(&hdr[12..16]);
-    let version = hdr[0] >> 4;
-    let ihl = (hdr[0] & 0x0f) as usize * 4;
-    if version != 4 || ihl < 20 {
+    let Some(w2) = bytes4(f, off + 8) else {
+        return Parsed::Malformed(None);
+    };
+    let Some(w1) = bytes4(f, off + 4) else {
+        return Parsed::Malformed(None);
+    };
+    let Some(w0) = bytes4(f, off) else {
+        return Parsed::Malformed(None);
+    };
+    // Whole words, never a partly written array: that would cost a
+    // `memset` call in the kernel build.
+    let src = Source {
+        family: 4,
+        addr: v4_in_16(saddr),
+    };
+    let version = w0[0] >> 4;
+    let ihl = (w0[0] & 0x0f) as usize * 4;
+    if version != 4 || ihl < IPV4_HLEN {
         return Parsed::Malformed(Some(src));
     }
     let mut pkt = Packet {
         src,
-        proto: hdr[9],
-        ..Packet::default()
+        dst: v4_in_16(daddr),
+        proto: w2[1],
+        later_fragment: false,
+        sport: 0,
+        dport: 0,
     };
-    pkt.dst[..4].copy_from_slice(&hdr[16..20]);
-    let frag_off = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
+    let frag_off = u16::from_be_bytes([w1[2], w1[3]]) & 0x1fff;
     pkt.later_fragment = frag_off != 0;
     // IHL may carry options; the transport header starts after them.
     let l4 = off + ihl;
@@ -139,13 +203,13 @@ fn parse_v4<F: Frame>(f: &F, off: usize) -> Parsed {
 
 #[inline(always)]
 fn parse_v6<F: Frame>(f: &F, off: usize) -> Parsed {
-    // Field by field rather than the whole 40-byte header: the kernel side
-    // has 512 bytes of stack for everything.
-    let (Some(first), Some(src_addr), Some(dst)) = (
-        f.read::<[u8; 8]>(off),
-        f.read::<[u8; 16]>(off + 8),
-        f.read::<[u8; 16]>(off + 24),
-    ) else {
+    let Some(dst) = addr16(f, off + 24) else {
+        return Parsed::Malformed(None);
+    };
+    let Some(src_addr) = addr16(f, off + 8) else {
+        return Parsed::Malformed(None);
+    };
+    let Some(first) = bytes8(f, off) else {
         return Parsed::Malformed(None);
     };
     let src = Source {
@@ -158,7 +222,10 @@ fn parse_v6<F: Frame>(f: &F, off: usize) -> Parsed {
     let mut pkt = Packet {
         src,
         dst,
-        ..Packet::default()
+        proto: 0,
+        later_fragment: false,
+        sport: 0,
+        dport: 0,
     };
     let mut next = first[6];
     let mut off = off + 40;
@@ -173,7 +240,7 @@ fn parse_v6<F: Frame>(f: &F, off: usize) -> Parsed {
             return Parsed::Malformed(Some(src));
         }
         walked += 1;
-        let Some(ext) = f.read::<[u8; 4]>(off) else {
+        let Some(ext) = bytes4(f, off) else {
             return Parsed::Malformed(Some(src));
         };
         let len = match next {
@@ -215,7 +282,7 @@ fn parse_l4<F: Frame>(f: &F, off: usize, mut pkt: Packet) -> Parsed {
     if off + need > f.len() {
         return Parsed::Malformed(Some(pkt.src));
     }
-    let Some(ports) = f.read::<[u8; 4]>(off) else {
+    let Some(ports) = bytes4(f, off) else {
         return Parsed::Malformed(Some(pkt.src));
     };
     if pkt.proto == ipproto::ICMP || pkt.proto == ipproto::ICMPV6 {

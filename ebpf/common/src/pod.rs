@@ -1,8 +1,8 @@
 //! `aya::Pod` for the map types: they are `#[repr(C)]`, padding-free and made
 //! only of integers and byte arrays (see the size asserts in `abi`).
 use crate::abi::{
-    BanEntry, BucketSet, BucketSlot, Config, Counter, Event, ListEntry, Policy, PrefixLens, V4Key,
-    V6Key,
+    BanEntry, BucketSet, Config, Counter, Event, ListEntry, OverflowBucket, Policy, PrefixLens,
+    V4Key, V6Key,
 };
 
 macro_rules! pod {
@@ -15,6 +15,15 @@ macro_rules! pod {
 }
 
 pod!(
-    BanEntry, BucketSet, BucketSlot, Config, Counter, Event, ListEntry, Policy, PrefixLens, V4Key,
+    BanEntry,
+    BucketSet,
+    Config,
+    Counter,
+    Event,
+    ListEntry,
+    OverflowBucket,
+    Policy,
+    PrefixLens,
+    V4Key,
     V6Key,
 );

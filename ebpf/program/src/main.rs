@@ -4,7 +4,6 @@
 #![no_main]
 
 mod filter;
-mod global;
 mod maps;
 mod packet;
 mod runtime;

@@ -4,7 +4,7 @@
 //! Allow, block and ban tables are plain hash maps, never LRU: an explicit
 //! block must never be evicted by a flood of new sources.
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     helpers::generated::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -12,13 +12,11 @@ use aya_ebpf::{
 use rampart_common::{
     abi::{
         BanEntry, BucketSet, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, Event, ListEntry,
-        MAX_IFINDEX, MAX_POLICIES, Policy, V4Key, V6Key, action, event_kind, stat,
+        MAX_IFINDEX, MAX_POLICIES, OverflowBucket, Policy, V4Key, V6Key, action, event_kind, stat,
     },
     decide::{BanStarted, List, Tables, Verdict},
-    parse::{Parsed, Source},
+    parse::Parsed,
 };
-
-use crate::global;
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(CONFIG_SLOTS, 0);
@@ -44,18 +42,23 @@ static BANS_V4: HashMap<V4Key, BanEntry> = HashMap::with_max_entries(1 << 16, 0)
 static BANS_V6: HashMap<V6Key, BanEntry> = HashMap::with_max_entries(1 << 16, 0);
 #[map]
 static POLICIES: Array<Policy> = Array::with_max_entries(MAX_POLICIES, 0);
+/// Memory-mappable only for the alignment that brings: values start on a
+/// page, so each 128-byte set is exactly two cache lines.
 #[map]
-static RATE_SETS: Array<BucketSet> = Array::with_max_entries(1 << 16, 0);
+static RATE_SETS: Array<BucketSet> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
+#[map]
+static RATE_OVERFLOW: Array<OverflowBucket> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 static SAMPLER: PerCpuArray<SamplerState> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU sampling state: drop counter and the current one-second window.
+/// Per-CPU sampling state: drops left until the next sample (a countdown,
+/// not a modulo: division is slow), and the current one-second window.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SamplerState {
-    seen: u64,
+    until_next: u64,
     window_start_ns: u64,
     in_window: u64,
 }
@@ -145,51 +148,17 @@ impl Tables for BpfTables {
     }
 
     #[inline(always)]
-    fn with_rate_set<R>(&self, index: u32, f: impl FnOnce(&mut BucketSet) -> R) -> Option<R> {
+    fn with_rate_set<R>(
+        &self,
+        index: u32,
+        f: impl FnOnce(&mut BucketSet, &mut OverflowBucket) -> R,
+    ) -> Option<R> {
         let set = RATE_SETS.get_ptr_mut(index)?;
-        // SAFETY: a valid map value. CPUs may race on one source's bucket;
+        let overflow = RATE_OVERFLOW.get_ptr_mut(index)?;
+        // SAFETY: valid map values. CPUs may race on one source's bucket;
         // the cost is an occasional lost token update, never unsafety, and
         // atomics on every packet would cost more than they save.
-        Some(f(unsafe { &mut *set }))
-    }
-
-    #[inline(always)]
-    fn find_list(&self, _cfg: &Config, list: List, src: &Source, now: u64) -> Option<ListEntry> {
-        let (hi, lo) = global::split(src);
-        let list = match list {
-            List::Allow => 0,
-            List::Block => 1,
-        };
-        let r = global::rampart_find_list(list, src.family as u64, hi, lo, now);
-        if r & global::FOUND == 0 {
-            return None;
-        }
-        Some(ListEntry {
-            expires_ns: 0,
-            origin: (r >> 8) as u32,
-            flags: ((r >> 40) & 0xff) as u32,
-        })
-    }
-
-    #[inline(always)]
-    fn find_ban(&self, _cfg: &Config, src: &Source, now: u64) -> bool {
-        let (hi, lo) = global::split(src);
-        global::rampart_find_ban(src.family as u64, hi, lo, now) != 0
-    }
-
-    #[inline(always)]
-    fn meter(
-        &self,
-        _cfg: &Config,
-        index: u32,
-        src: &Source,
-        len: u32,
-        now: u64,
-        dry: bool,
-    ) -> bool {
-        let (hi, lo) = global::split(src);
-        let meta = (index as u64 & 0xff) | ((src.family as u64) << 8) | ((dry as u64) << 16);
-        global::rampart_meter(meta, hi, lo, len as u64, now) != 0
+        Some(f(unsafe { &mut *set }, unsafe { &mut *overflow }))
     }
 
     #[inline(always)]
@@ -250,10 +219,11 @@ pub fn sample(cfg: &Config, parsed: &Parsed, v: &Verdict, ifindex: u32, len: u32
     };
     // SAFETY: per-CPU value, written only by this CPU.
     let state = unsafe { &mut *state };
-    state.seen += 1;
-    if state.seen % cfg.sample_every as u64 != 0 {
+    if state.until_next > 0 {
+        state.until_next -= 1;
         return;
     }
+    state.until_next = cfg.sample_every as u64 - 1;
     if now.saturating_sub(state.window_start_ns) >= 1_000_000_000 {
         state.window_start_ns = now;
         state.in_window = 0;
