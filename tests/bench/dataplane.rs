@@ -485,6 +485,110 @@ fn control_plane() -> BTreeMap<String, Value> {
     out
 }
 
+/// S5: a legitimate TCP client of a real service (Python's HTTP server in
+/// the server namespace), without attack, during an S3 flood (one source,
+/// SYNs to the service's port, over its limit) and during an S4 flood (a
+/// random source per packet): success rate and latency of its requests.
+fn legit_client() -> BTreeMap<String, Value> {
+    use rampart_tests::lab::Lab;
+    const PORT: &str = "8080";
+    let requests = if quick() { 10 } else { 60 };
+    let mut lab = Lab::new(
+        "b5",
+        93,
+        "[[policy]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [\"8080\"]\npps = 200\nburst = 400\n",
+    )
+    .expect("lab");
+    lab.start().expect("agent");
+    let mut server = lab
+        .srv
+        .command("python3")
+        .args(["-m", "http.server", PORT, "--bind", &lab.server_ip])
+        .current_dir(&lab.dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 http.server");
+    let url = format!("http://{}:{PORT}/", lab.server_ip);
+    let client = lab.client_ips[0].clone();
+    let ready = rampart_tests::lab::eventually(10, || {
+        lab.cli
+            .exec(&["curl", "-s", "-o", "/dev/null", "--max-time", "1", &url])
+            .is_ok()
+    });
+    assert!(ready, "the service did not come up");
+    let phase = |what: &str| -> Value {
+        let mut ok = 0u32;
+        let mut ms = Vec::new();
+        for _ in 0..requests {
+            let out = lab
+                .cli
+                .exec(&[
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "--interface",
+                    &client,
+                    "--max-time",
+                    "2",
+                    "-w",
+                    "%{http_code} %{time_total}",
+                    &url,
+                ])
+                .unwrap_or_default();
+            let mut f = out.split_whitespace();
+            if f.next() == Some("200") {
+                ok += 1;
+                if let Some(t) = f.next().and_then(|t| t.parse::<f64>().ok()) {
+                    ms.push(t * 1000.0);
+                }
+            }
+        }
+        ms.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            ms.get(((ms.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+        };
+        eprintln!("S5 {what}: {ok}/{requests} requests succeeded");
+        json!({"requests": requests, "succeeded": ok, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": ms.last().copied()})
+    };
+    let mut out = BTreeMap::new();
+    out.insert("no attack".into(), phase("no attack"));
+    let flood = |extra: &[&str]| {
+        let mut args = vec!["--flood", "-S", "-p", PORT, "-q"];
+        args.extend_from_slice(extra);
+        args.push(&lab.server_ip);
+        lab.cli
+            .command("hping3")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("hping3")
+    };
+    for (name, extra) in [
+        (
+            "during S3 flood (one source)",
+            vec!["-a", lab.client_ips[2].as_str()],
+        ),
+        ("during S4 flood (random sources)", vec!["--rand-source"]),
+    ] {
+        let dropped = lab.counter("drop", "ratelimit");
+        let mut f = flood(&extra);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let mut r = phase(name);
+        let _ = f.kill();
+        let _ = f.wait();
+        // The flood was real: what the rate limit dropped meanwhile.
+        r["flood_dropped"] = json!(lab.counter("drop", "ratelimit") - dropped);
+        out.insert(name.into(), r);
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    out
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -509,12 +613,17 @@ fn main() {
     } else {
         BTreeMap::new()
     };
+    let legit_client = if wanted("legit_client") {
+        legit_client()
+    } else {
+        BTreeMap::new()
+    };
     let control_plane = if wanted("control_plane") {
         control_plane()
     } else {
         BTreeMap::new()
     };
-    let report = json!({"machine": machine, "per_packet": per_packet, "throughput": throughput, "control_plane": control_plane});
+    let report = json!({"machine": machine, "per_packet": per_packet, "throughput": throughput, "legit_client": legit_client, "control_plane": control_plane});
     let text = serde_json::to_string_pretty(&report).expect("json");
     match std::env::var("RAMPART_BENCH_OUT") {
         Ok(p) => std::fs::write(p, text).expect("write results"),
