@@ -70,6 +70,34 @@ struct Sources {
     feeds: u64,
 }
 
+/// The kernel entry a key's sources call for; None when it has none. The
+/// strongest source names the origin: protected, config, feed, runtime.
+fn entry_for(kind: ListKind, s: &Sources, blocklist_dry_run: bool) -> Option<ListEntry> {
+    if s.is_empty() {
+        return None;
+    }
+    let (expires_ns, origin) = match &s.runtime {
+        _ if s.protected => (0, origin_id::PROTECTED),
+        _ if s.config => (0, origin_id::CONFIG),
+        _ if s.feeds != 0 => (0, origin_id::FEED),
+        Some(r) => (
+            r.deadline_ns.unwrap_or(0),
+            if &*r.origin == CROWDSEC_ORIGIN {
+                origin_id::CROWDSEC
+            } else {
+                origin_id::CLI
+            },
+        ),
+        None => (0, origin_id::CONFIG),
+    };
+    let dry = kind == ListKind::Block && blocklist_dry_run;
+    Some(ListEntry {
+        expires_ns,
+        origin,
+        flags: if dry { entry_flag::DRY_RUN } else { 0 },
+    })
+}
+
 impl Sources {
     fn is_empty(&self) -> bool {
         !self.config && !self.protected && self.runtime.is_none() && self.feeds == 0
@@ -297,9 +325,17 @@ impl Core {
     }
 
     /// Sets or clears `key`'s runtime source, keeping the expiry index in
-    /// step. The only place a runtime source changes.
-    fn set_runtime(&mut self, key: (ListKind, Prefix), runtime: Option<RuntimeEntry>) {
-        let s = self.entries.entry(key).or_default();
+    /// step. The only place a runtime source changes. Returns whether the
+    /// key is new to the registry, and the kernel entry its sources now call
+    /// for (one registry lookup: imports do this a million times).
+    fn set_runtime(
+        &mut self,
+        key: (ListKind, Prefix),
+        runtime: Option<RuntimeEntry>,
+    ) -> (bool, Option<ListEntry>) {
+        let slot = self.entries.entry(key);
+        let is_new = matches!(slot, std::collections::btree_map::Entry::Vacant(_));
+        let s = slot.or_default();
         if let Some(d) = s.runtime.as_ref().and_then(|r| r.deadline_ns) {
             self.expiring.remove(&(d, key.0, key.1));
         }
@@ -307,31 +343,14 @@ impl Core {
             self.expiring.insert((d, key.0, key.1));
         }
         s.runtime = runtime;
+        let dry = self.cfg.config.blocklist.dry_run;
+        (is_new, entry_for(key.0, s, dry))
     }
 
     /// The kernel entry `key`'s sources call for; None when it has none.
     fn kernel_entry(&self, key: &(ListKind, Prefix)) -> Option<ListEntry> {
-        let s = self.entries.get(key).filter(|s| !s.is_empty())?;
-        let (expires_ns, origin) = match &s.runtime {
-            _ if s.protected => (0, origin_id::PROTECTED),
-            _ if s.config => (0, origin_id::CONFIG),
-            _ if s.feeds != 0 => (0, origin_id::FEED),
-            Some(r) => (
-                r.deadline_ns.unwrap_or(0),
-                if &*r.origin == CROWDSEC_ORIGIN {
-                    origin_id::CROWDSEC
-                } else {
-                    origin_id::CLI
-                },
-            ),
-            None => (0, origin_id::CONFIG),
-        };
-        let dry = key.0 == ListKind::Block && self.cfg.config.blocklist.dry_run;
-        Some(ListEntry {
-            expires_ns,
-            origin,
-            flags: if dry { entry_flag::DRY_RUN } else { 0 },
-        })
+        let s = self.entries.get(key)?;
+        entry_for(key.0, s, self.cfg.config.blocklist.dry_run)
     }
 
     /// Makes the kernel entry for `key` match its sources.
@@ -416,8 +435,7 @@ impl Core {
         let mut batch = Vec::with_capacity(items.len());
         for (p, expires, reason) in items {
             let key = (kind, *p);
-            let is_new = !self.entries.contains_key(&key);
-            self.set_runtime(
+            let (is_new, entry) = self.set_runtime(
                 key,
                 Some(RuntimeEntry {
                     origin: origin.clone(),
@@ -426,7 +444,7 @@ impl Core {
                     added: now,
                 }),
             );
-            if let Some(entry) = self.kernel_entry(&key) {
+            if let Some(entry) = entry {
                 batch.push((*p, entry, is_new));
             }
         }
