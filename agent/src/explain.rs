@@ -62,7 +62,7 @@ pub fn explain(core: &Core, ip: IpAddr, proto: Protocol, port: u16) -> Explain {
         dp.config(),
         &parse(&f.as_slice()),
         f.len() as u32,
-        clock::mono_ns(),
+        &clock::mono_ns,
     );
     let mut because = Vec::new();
     let listed = |kind| core.rows(kind, Some(ip));

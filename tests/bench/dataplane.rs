@@ -90,8 +90,10 @@ impl std::ops::DerefMut for Bench {
     }
 }
 
-/// Sets the source-varying prologue: 0 keep, 1 cycle over `n`, 2 random.
+/// Sets the source-varying prologue: 0 keep, 1 cycle over `n` (a power of
+/// two: the prologue masks), 2 random.
 fn vary(b: &mut Bench, mode: u32, n: u32) {
+    assert!(n == 0 || n.is_power_of_two(), "cycle over a power of two");
     b.mode.set(0, mode, 0).expect("set mode");
     b.mode.set(1, n, 0).expect("set n");
 }

@@ -79,9 +79,27 @@ pub trait Tables {
     fn ban_started(&self, ban: &BanStarted);
 }
 
-/// Decides what to do with a parsed packet of `len` bytes at monotonic time `now`.
+/// Whether a list entry is in force: the clock (`CLOCK_MONOTONIC` ns) is
+/// read only for an entry that can expire. In the kernel a clock read is a
+/// helper call, and a blocklist hit without expiry should not pay for one.
 #[inline(always)]
-pub fn decide<T: Tables>(t: &T, cfg: &Config, parsed: &Parsed, len: u32, now: u64) -> Verdict {
+fn entry_live<F: Fn() -> u64>(e: &ListEntry, clock: &F) -> bool {
+    e.expires_ns == 0 || clock() < e.expires_ns
+}
+
+/// Decides what to do with a parsed packet of `len` bytes; `clock` reads
+/// `CLOCK_MONOTONIC` ns. It is read once after the list lookups (bans and
+/// rate limits need it), and by a list lookup only for an entry that can
+/// expire: the verifier walks every path, so the time is never cached in a
+/// "read yet" flag, which would double the paths it walks.
+#[inline(always)]
+pub fn decide<T: Tables, F: Fn() -> u64>(
+    t: &T,
+    cfg: &Config,
+    parsed: &Parsed,
+    len: u32,
+    clock: &F,
+) -> Verdict {
     let global_dry = cfg.flags & config_flag::DRY_RUN != 0;
     let (src, pkt) = match parsed {
         Parsed::NonIp => return Verdict::new(action::PASS, reason::NON_IP),
@@ -90,18 +108,19 @@ pub fn decide<T: Tables>(t: &T, cfg: &Config, parsed: &Parsed, len: u32, now: u6
         Parsed::Ip(pkt) => (&pkt.src, Some(pkt)),
     };
 
-    if find_list(t, cfg, List::Allow, src, now).is_some() {
+    if find_list(t, cfg, List::Allow, src, clock).is_some() {
         return Verdict::new(action::PASS, reason::ALLOWLIST);
     }
     // The first rule that would have dropped the packet under dry-run.
     let mut would: Option<Verdict> = None;
-    if let Some(entry) = find_list(t, cfg, List::Block, src, now) {
+    if let Some(entry) = find_list(t, cfg, List::Block, src, clock) {
         let v = Verdict::new(action::DROP, reason::BLOCKLIST);
         if !global_dry && entry.flags & entry_flag::DRY_RUN == 0 {
             return v;
         }
         would.get_or_insert(v);
     }
+    let now = clock();
     if find_ban(t, cfg, src, now) {
         let v = Verdict::new(action::DROP, reason::BAN);
         if !global_dry {
@@ -174,12 +193,12 @@ fn malformed(cfg: &Config, global_dry: bool) -> Verdict {
 /// longest first; expired entries and entries hidden from the list
 /// generation in force are skipped.
 #[inline(always)]
-pub fn find_list<T: Tables + ?Sized>(
+pub fn find_list<T: Tables + ?Sized, F: Fn() -> u64>(
     t: &T,
     cfg: &Config,
     list: List,
     src: &Source,
-    now: u64,
+    clock: &F,
 ) -> Option<ListEntry> {
     if src.family == 4 {
         let lens = match list {
@@ -190,7 +209,7 @@ pub fn find_list<T: Tables + ?Sized>(
         probe(
             lens,
             |len| t.list_v4(list, &v4_key(addr, len)),
-            |e| e.live(now) && e.visible(cfg.flags),
+            |e| entry_live(e, clock) && e.visible(cfg.flags),
         )
     } else {
         let lens = match list {
@@ -200,7 +219,7 @@ pub fn find_list<T: Tables + ?Sized>(
         probe(
             lens,
             |len| t.list_v6(list, &v6_key(src.addr, len)),
-            |e| e.live(now) && e.visible(cfg.flags),
+            |e| entry_live(e, clock) && e.visible(cfg.flags),
         )
     }
 }

@@ -148,7 +148,7 @@ impl Model {
             &self.config,
             &parse(&frame),
             frame.len() as u32,
-            now_ns,
+            &|| now_ns,
         )
     }
 }

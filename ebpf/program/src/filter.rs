@@ -24,10 +24,9 @@ pub fn filter(ctx: &XdpContext) -> u32 {
         // something that says nothing about the packet.
         return xdp_action::XDP_PASS;
     };
-    let now = now_ns();
     let parsed = parse(&frame);
-    let verdict = decide(&BpfTables, cfg, &parsed, len, now);
-    maps::sample(cfg, &parsed, &verdict, ifindex, len, now);
+    let verdict = decide(&BpfTables, cfg, &parsed, len, &now_ns);
+    maps::sample(cfg, &parsed, &verdict, ifindex, len);
     record(ifindex, &verdict, len)
 }
 

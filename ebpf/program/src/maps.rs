@@ -210,7 +210,7 @@ fn bump(index: u32) {
 /// Samples drops (and would-be drops) into the ring buffer: one in
 /// `sample_every`, at most `sample_cap_per_sec` per second per CPU.
 #[inline(always)]
-pub fn sample(cfg: &Config, parsed: &Parsed, v: &Verdict, ifindex: u32, len: u32, now: u64) {
+pub fn sample(cfg: &Config, parsed: &Parsed, v: &Verdict, ifindex: u32, len: u32) {
     if v.action == action::PASS || cfg.sample_every == 0 {
         return;
     }
@@ -224,6 +224,8 @@ pub fn sample(cfg: &Config, parsed: &Parsed, v: &Verdict, ifindex: u32, len: u32
         return;
     }
     state.until_next = cfg.sample_every as u64 - 1;
+    // Read here, not per packet: only sampled drops need the time.
+    let now = now_ns();
     if now.saturating_sub(state.window_start_ns) >= 1_000_000_000 {
         state.window_start_ns = now;
         state.in_window = 0;
