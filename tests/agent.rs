@@ -332,8 +332,9 @@ fn a_new_layout_version_takes_over_the_link_and_removes_old_pins() -> anyhow::Re
     lab.cli_ok(&["block", "add", &lab.client_ips[2], "--reason", "runtime"])?;
     lab.stop();
     // Make the running pins look like an earlier layout's.
-    let old = format!("{}/v0", lab.bpffs());
-    std::fs::rename(format!("{}/v1", lab.bpffs()), &old)?;
+    use rampart_common::abi::LAYOUT_VERSION;
+    let old = format!("{}/v{}", lab.bpffs(), LAYOUT_VERSION - 1);
+    std::fs::rename(format!("{}/v{LAYOUT_VERSION}", lab.bpffs()), &old)?;
     assert!(std::path::Path::new(&format!("{old}/links")).exists());
     // The old program keeps filtering through its pinned link meanwhile.
     assert_eq!(lab.ping(&lab.client_ips[1], 2, "0.2"), 0);
