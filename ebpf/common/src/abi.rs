@@ -218,9 +218,12 @@ pub struct ListEntry {
 }
 
 impl ListEntry {
+    /// Whether the entry is in force; `clock` (`CLOCK_MONOTONIC` ns) is read
+    /// only for an entry that can expire: in the kernel a clock read is a
+    /// helper call, and a blocklist hit without expiry should not pay for one.
     #[inline(always)]
-    pub const fn live(&self, now_ns: u64) -> bool {
-        self.expires_ns == 0 || now_ns < self.expires_ns
+    pub fn live(&self, clock: impl FnOnce() -> u64) -> bool {
+        self.expires_ns == 0 || clock() < self.expires_ns
     }
 
     /// Whether the entry matches under the config flags `cfg_flags` (the
@@ -333,8 +336,9 @@ pub struct OverflowBucket {
     pub last_ns: u64,
     pub pkt_tokens: u64,
     pub byte_tokens: u64,
-    /// Unused (the shared bucket never bans); keeps the layout plain.
-    pub violations: u64,
+    /// Always zero (the shared bucket never bans, so it counts no
+    /// violations); keeps the size a power of two.
+    pub pad: u64,
 }
 
 /// Kinds of [`Event`].

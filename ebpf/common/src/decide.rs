@@ -79,14 +79,6 @@ pub trait Tables {
     fn ban_started(&self, ban: &BanStarted);
 }
 
-/// Whether a list entry is in force: the clock (`CLOCK_MONOTONIC` ns) is
-/// read only for an entry that can expire. In the kernel a clock read is a
-/// helper call, and a blocklist hit without expiry should not pay for one.
-#[inline(always)]
-fn entry_live<F: Fn() -> u64>(e: &ListEntry, clock: &F) -> bool {
-    e.expires_ns == 0 || clock() < e.expires_ns
-}
-
 /// Decides what to do with a parsed packet of `len` bytes; `clock` reads
 /// `CLOCK_MONOTONIC` ns. It is read once after the list lookups (bans and
 /// rate limits need it), and by a list lookup only for an entry that can
@@ -209,7 +201,7 @@ pub fn find_list<T: Tables + ?Sized, F: Fn() -> u64>(
         probe(
             lens,
             |len| t.list_v4(list, &v4_key(addr, len)),
-            |e| entry_live(e, clock) && e.visible(cfg.flags),
+            |e| e.live(clock) && e.visible(cfg.flags),
         )
     } else {
         let lens = match list {
@@ -219,7 +211,7 @@ pub fn find_list<T: Tables + ?Sized, F: Fn() -> u64>(
         probe(
             lens,
             |len| t.list_v6(list, &v6_key(src.addr, len)),
-            |e| entry_live(e, clock) && e.visible(cfg.flags),
+            |e| e.live(clock) && e.visible(cfg.flags),
         )
     }
 }
