@@ -591,6 +591,10 @@ fn legit_client() -> BTreeMap<String, Value> {
     out
 }
 
+/// One part of the benchmark: its name and what runs it (raw figures by
+/// scenario).
+type Part = (&'static str, fn() -> BTreeMap<String, Value>);
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -601,31 +605,20 @@ fn main() {
         "cpu_model": std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()),
         "quick": quick(),
     });
-    // RAMPART_BENCH_ONLY=per_packet (or throughput, control_plane; comma
-    // separated) runs a subset while working on one part.
+    // RAMPART_BENCH_ONLY=per_packet (or throughput, legit_client,
+    // control_plane; comma separated) runs a subset while working on one part.
     let only = std::env::var("RAMPART_BENCH_ONLY").unwrap_or_default();
-    let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
-    let per_packet = if wanted("per_packet") {
-        per_packet()
-    } else {
-        BTreeMap::new()
-    };
-    let throughput = if wanted("throughput") {
-        throughput()
-    } else {
-        BTreeMap::new()
-    };
-    let legit_client = if wanted("legit_client") {
-        legit_client()
-    } else {
-        BTreeMap::new()
-    };
-    let control_plane = if wanted("control_plane") {
-        control_plane()
-    } else {
-        BTreeMap::new()
-    };
-    let report = json!({"machine": machine, "per_packet": per_packet, "throughput": throughput, "legit_client": legit_client, "control_plane": control_plane});
+    let parts: [Part; 4] = [
+        ("per_packet", per_packet),
+        ("throughput", throughput),
+        ("legit_client", legit_client),
+        ("control_plane", control_plane),
+    ];
+    let mut report = json!({ "machine": machine });
+    for (name, run) in parts {
+        let wanted = only.is_empty() || only.split(',').any(|p| p == name);
+        report[name] = json!(if wanted { run() } else { BTreeMap::new() });
+    }
     let text = serde_json::to_string_pretty(&report).expect("json");
     match std::env::var("RAMPART_BENCH_OUT") {
         Ok(p) => std::fs::write(p, text).expect("write results"),
