@@ -359,3 +359,32 @@ fn dry_run_counts_would_drop_and_passes() {
     let out = p.run_both(&F::tcp("203.0.113.66", SERVER).build());
     assert_eq!(out.xdp, XDP_DROP);
 }
+
+/// A batch larger than one syscall's chunk is split over several threads;
+/// every entry must land, with its value, and match in the kernel.
+#[test]
+fn a_large_batch_lands_whole() {
+    use rampart::{datapath::Datapath, prefix::Prefix};
+    let n = 200_000u32;
+    let caps = rampart::datapath::Capacities {
+        block_v4: n,
+        ..test_capacities()
+    };
+    let mut dp = Datapath::load(caps, None).expect("load the XDP program (run as root)");
+    let host = |i: u32| Prefix::host(std::net::IpAddr::from((0x0b00_0000 + i).to_be_bytes()));
+    let entry = |i: u32| ListEntry {
+        expires_ns: u64::from(i) + 1,
+        ..ListEntry::default()
+    };
+    let items: Vec<_> = (0..n).map(|i| (host(i), entry(i), true)).collect();
+    dp.list_insert_many(List::Block, &items)
+        .expect("batch insert");
+    let mut listed = dp.list_entries(List::Block).expect("entries");
+    listed.sort_by_key(|(p, _)| *p);
+    assert_eq!(listed.len(), n as usize);
+    for (i, (p, e)) in listed.iter().enumerate() {
+        let i = i as u32;
+        assert_eq!((*p, e.expires_ns), (host(i), entry(i).expires_ns));
+    }
+    assert_eq!(dp.list_len(List::Block), (u64::from(n), 0));
+}

@@ -361,7 +361,7 @@ fn apply(
     }
     let added = items.len() as u64;
     if !items.is_empty() {
-        core.add_each(ListKind::Block, &items, CROWDSEC_ORIGIN)
+        core.add_each(ListKind::Block, items, CROWDSEC_ORIGIN)
             .map_err(|e| e.to_string())?;
     }
     drop(core);

@@ -1009,8 +1009,42 @@ unsafe fn bpf_cmd<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<()> {
     }
 }
 
-/// Map updates in batches of 64k with `BPF_MAP_UPDATE_BATCH` (Linux 5.6).
-fn batch_update<K: aya::Pod, V: aya::Pod>(
+/// Map updates in batches of 64k with `BPF_MAP_UPDATE_BATCH` (Linux 5.6),
+/// from up to [`UPDATE_THREADS`] threads: a hash insert mostly waits on
+/// cache misses in the kernel's table, and the kernel locks per bucket, so
+/// a large batch goes about twice as fast on two CPUs.
+fn batch_update<K: aya::Pod + Sync, V: aya::Pod + Sync>(
+    fd: &OwnedFd,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), DatapathError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, UPDATE_THREADS);
+    let share = keys.len().div_ceil(threads).max(BATCH_CHUNK);
+    if keys.len() <= share {
+        return batch_update_serial(fd, keys, values);
+    }
+    std::thread::scope(|s| {
+        let workers: Vec<_> = keys
+            .chunks(share)
+            .zip(values.chunks(share))
+            .map(|(k, v)| s.spawn(move || batch_update_serial(fd, k, v)))
+            .collect();
+        // The scope joins every worker; the first error is reported.
+        workers.into_iter().try_for_each(|w| {
+            w.join().unwrap_or_else(|_| {
+                Err(DatapathError::Invalid(
+                    "a batch update thread failed".into(),
+                ))
+            })
+        })
+    })
+}
+
+const UPDATE_THREADS: usize = 4;
+
+fn batch_update_serial<K: aya::Pod, V: aya::Pod>(
     fd: &OwnedFd,
     keys: &[K],
     values: &[V],
