@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use rampart_common::abi::entry_flag;
 use serde::{Deserialize, Serialize};
 
-use super::{Core, CoreError, list_of};
+use super::{Core, CoreError, entry_for, list_of};
 use crate::{feed::MAX_FEEDS, persist::ListKind, prefix::OverlapIndex, prefix::Prefix};
 
 /// What one feed version did to the lists.
@@ -66,7 +66,9 @@ impl Core {
         let bit = 1u64 << slot;
         let mut applied = FeedApplied::default();
 
-        let mut wanted: HashSet<Prefix> = HashSet::with_capacity(prefixes.len());
+        // Sorted vectors rather than hash sets: the difference is then one
+        // merge, and the registry (a B-tree) is walked in order below.
+        let mut wanted: Vec<Prefix> = Vec::with_capacity(prefixes.len());
         if kind == ListKind::Block {
             let protected = OverlapIndex::new(&self.protected);
             let allowed = OverlapIndex::new(
@@ -81,20 +83,22 @@ impl Core {
                 } else if allowed.overlaps(p) {
                     applied.skipped_allowlisted += 1;
                 } else {
-                    wanted.insert(*p);
+                    wanted.push(*p);
                 }
             }
         } else {
-            wanted.extend(prefixes.iter().copied());
+            wanted.extend_from_slice(prefixes);
         }
-        let old: HashSet<Prefix> = self
+        wanted.sort_unstable_by_key(Prefix::order_key);
+        wanted.dedup();
+        // In key order already: the registry is sorted by (list, prefix).
+        let old: Vec<Prefix> = self
             .entries
             .iter()
             .filter(|((k, _), s)| *k == kind && s.feeds & bit != 0)
             .map(|((_, p), _)| *p)
             .collect();
-        let arriving: Vec<Prefix> = wanted.difference(&old).copied().collect();
-        let leaving: Vec<Prefix> = old.difference(&wanted).copied().collect();
+        let (arriving, leaving) = sorted_difference(&wanted, &old);
         applied.entries = wanted.len() as u64;
         applied.added = arriving.len() as u64;
         applied.removed = leaving.len() as u64;
@@ -107,22 +111,27 @@ impl Core {
         let hide_now = HIDDEN[generation];
         let hide_next = HIDDEN[1 - generation];
         let adopted_has = |p: &Prefix| adopted.is_some_and(|a| a.contains(p));
+        let dry = self.cfg.config.blocklist.dry_run;
 
         // Stage: arrivals hidden now, leavers hidden from the next generation.
         let mut staged = Vec::with_capacity(arriving.len() + leaving.len());
+        // Arrivals new to the kernel, with the entry they settle to.
         let mut fresh = Vec::new();
         for p in &arriving {
-            let key = (kind, *p);
-            let in_kernel = self.entries.get(&key).is_some_and(|s| !s.is_empty()) || adopted_has(p);
-            self.entries.entry(key).or_default().feeds |= bit;
-            let Some(mut entry) = self.kernel_entry(&key) else {
+            let s = self.entries.entry((kind, *p)).or_default();
+            let in_kernel = !s.is_empty() || adopted_has(p);
+            s.feeds |= bit;
+            let Some(entry) = entry_for(kind, s, dry) else {
                 continue;
             };
-            if !in_kernel {
-                entry.flags |= hide_now;
-                fresh.push(*p);
+            if in_kernel {
+                staged.push((*p, entry, false));
+            } else {
+                fresh.push((*p, entry, false));
+                let mut hidden = entry;
+                hidden.flags |= hide_now;
+                staged.push((*p, hidden, true));
             }
-            staged.push((*p, entry, !in_kernel));
         }
         let mut gone = Vec::new();
         for p in &leaving {
@@ -152,11 +161,7 @@ impl Core {
         for p in &gone {
             self.entries.remove(&(kind, *p));
         }
-        let settled: Vec<_> = fresh
-            .iter()
-            .filter_map(|p| self.kernel_entry(&(kind, *p)).map(|e| (*p, e, false)))
-            .collect();
-        self.dp.list_insert_many(list, &settled)?;
+        self.dp.list_insert_many(list, &fresh)?;
         Ok(applied)
     }
 
@@ -199,5 +204,48 @@ impl Core {
             )));
         }
         Ok(())
+    }
+}
+
+/// (in `a` only, in `b` only) for two sorted, duplicate-free lists.
+fn sorted_difference(a: &[Prefix], b: &[Prefix]) -> (Vec<Prefix>, Vec<Prefix>) {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let (mut only_a, mut only_b) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            Less => {
+                only_a.push(a[i]);
+                i += 1;
+            }
+            Greater => {
+                only_b.push(b[j]);
+                j += 1;
+            }
+            Equal => {
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    only_a.extend_from_slice(&a[i..]);
+    only_b.extend_from_slice(&b[j..]);
+    (only_a, only_b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_difference_of_sorted_lists_splits_both_ways() {
+        let p = |s: &[&str]| -> Vec<Prefix> { s.iter().map(|x| x.parse().unwrap()).collect() };
+        let new = p(&["10.0.0.1", "10.0.0.3", "10.0.0.4", "2001:db8::/48"]);
+        let old = p(&["10.0.0.2", "10.0.0.3", "2001:db8::/32", "2001:db8::/48"]);
+        let (arriving, leaving) = sorted_difference(&new, &old);
+        assert_eq!(arriving, p(&["10.0.0.1", "10.0.0.4"]));
+        assert_eq!(leaving, p(&["10.0.0.2", "2001:db8::/32"]));
+        assert_eq!(sorted_difference(&new, &[]), (new.clone(), vec![]));
+        assert_eq!(sorted_difference(&[], &old), (vec![], old.clone()));
     }
 }
