@@ -388,3 +388,94 @@ fn a_large_batch_lands_whole() {
     }
     assert_eq!(dp.list_len(List::Block), (u64::from(n), 0));
 }
+
+/// The /24 summary lets sources skip the probes of /24 and longer: a bit
+/// must stay set while any such entry is left in its /24, in both lists,
+/// through single and batch changes, and come back whole from pinned maps.
+#[test]
+fn a_slash24_is_probed_while_any_entry_in_it_remains() {
+    let drops = |p: &Plane, src: &str| {
+        expect(
+            p,
+            &F::tcp(src, SERVER).build(),
+            action::DROP,
+            reason::BLOCKLIST,
+        )
+    };
+    let passes =
+        |p: &Plane, src: &str| expect(p, &F::tcp(src, SERVER).build(), action::PASS, reason::NONE);
+    let mut p = Plane::new();
+    p.block("198.18.7.7");
+    p.block("198.18.7.128/25");
+    drops(&p, "198.18.7.7");
+    drops(&p, "198.18.7.200");
+    passes(&p, "198.18.7.8");
+    passes(&p, "198.18.8.7");
+    p.unlist(List::Block, "198.18.7.7");
+    passes(&p, "198.18.7.7");
+    drops(&p, "198.18.7.200");
+    p.unlist(List::Block, "198.18.7.128/25");
+    passes(&p, "198.18.7.200");
+    p.block("198.18.7.200");
+    drops(&p, "198.18.7.200");
+    // The allowlist keeps its own bits: an allowed /32 in a blocked /24.
+    p.block("198.18.9.0/24");
+    p.allow("198.18.9.9");
+    expect(
+        &p,
+        &F::tcp("198.18.9.9", SERVER).build(),
+        action::PASS,
+        reason::ALLOWLIST,
+    );
+    drops(&p, "198.18.9.10");
+    p.unlist(List::Allow, "198.18.9.9");
+    drops(&p, "198.18.9.9");
+}
+
+#[test]
+fn batch_changes_and_pinned_maps_keep_the_slash24_summary() {
+    use rampart::{datapath::Datapath, prefix::Prefix};
+    use rampart_common::abi::{map_name, slash24};
+    let pins = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/rampart-test-slash24-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&pins);
+    std::fs::create_dir_all(&pins).expect("bpffs dir (run as root)");
+    let verdict =
+        |dp: &Datapath, src: &str| dp.test_run(&F::tcp(src, SERVER).build()).expect("test run");
+    const DROP: u32 = 1;
+    const PASS: u32 = 2;
+    let host = |s: &str| s.parse::<Prefix>().expect("prefix");
+    {
+        let mut dp = Datapath::load(test_capacities(), Some(&pins)).expect("load");
+        let items: Vec<_> = ["198.18.7.1", "198.18.7.2", "198.18.7.3", "198.18.8.1"]
+            .iter()
+            .map(|s| (host(s), ListEntry::default(), true))
+            .collect();
+        dp.list_insert_many(List::Block, &items)
+            .expect("batch insert");
+        assert_eq!(verdict(&dp, "198.18.7.3"), DROP);
+        dp.list_remove_many(List::Block, &[host("198.18.7.1"), host("198.18.8.1")])
+            .expect("batch remove");
+        assert_eq!(verdict(&dp, "198.18.7.2"), DROP);
+        assert_eq!(verdict(&dp, "198.18.8.1"), PASS);
+        // An agent that kept no summary: the pinned words are all clear.
+        let pinned =
+            aya::maps::MapData::from_pin(pins.join(map_name::V4_SLASH24)).expect("pinned summary");
+        let mut words: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(pinned)).expect("an array");
+        for w in 0..slash24::WORDS {
+            if words.get(&w, 0).expect("word") != 0 {
+                words.set(w, 0, 0).expect("clear");
+            }
+        }
+        assert_eq!(verdict(&dp, "198.18.7.2"), PASS, "the summary decides");
+    }
+    let dp = Datapath::load(test_capacities(), Some(&pins)).expect("re-adopt");
+    assert_eq!(verdict(&dp, "198.18.7.2"), DROP);
+    assert_eq!(verdict(&dp, "198.18.7.3"), DROP);
+    assert_eq!(verdict(&dp, "198.18.7.1"), PASS);
+    drop(dp);
+    let _ = std::fs::remove_dir_all(&pins);
+}

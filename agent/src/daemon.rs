@@ -550,9 +550,9 @@ async fn read_events(shared: Arc<Shared>, rb: aya::maps::RingBuf<aya::maps::MapD
             // SAFETY: the record is an Event written by the program (size checked).
             let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
             let src = if ev.family == 4 {
-                IpAddr::from([ev.src[0], ev.src[1], ev.src[2], ev.src[3]])
+                IpAddr::from(ev.src.v4_word().to_ne_bytes())
             } else {
-                IpAddr::from(ev.src)
+                IpAddr::from(ev.src.to_bytes())
             };
             match ev.kind {
                 event_kind::DROP_SAMPLE => lock(&shared.top).record(src, ev.reason),

@@ -19,12 +19,12 @@ use rampart_common::{
     abi::{
         BanEntry, BucketSet, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, ListEntry,
         MAX_POLICIES, MAX_PREFIX_LENS, OverflowBucket, PROGRAM_NAME, Policy, PrefixLens, V4Key,
-        V6Key, config_flag, map_name, policy_flag, stat,
+        V6Key, config_flag, map_name, policy_flag, slash24, stat,
     },
     decide::{BanStarted, List, Tables},
 };
 
-use crate::prefix::Prefix;
+use crate::{prefix::Prefix, slash24::Slash24Summary};
 
 /// The XDP object, built by build.rs and embedded so one binary is enough.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rampart"));
@@ -141,18 +141,21 @@ pub struct Datapath {
     program: &'static str,
     /// Duplicated fds of the list maps, for batch updates (aya has none).
     list_fds: ListFds,
+    slash24: Slash24Summary,
+    slash24_map: Array<MapData, u64>,
 }
 
-/// Raw fds of the four list maps.
+/// Raw fds of the four list maps and their IPv4 /24 summary.
 struct ListFds {
     allow_v4: OwnedFd,
     allow_v6: OwnedFd,
     block_v4: OwnedFd,
     block_v6: OwnedFd,
+    slash24: OwnedFd,
 }
 
 /// Names of every map, with the pin file each has under a pin directory.
-pub const MAP_NAMES: [&str; 16] = [
+pub const MAP_NAMES: [&str; 18] = [
     map_name::CONFIG,
     map_name::CONFIG_ACTIVE,
     map_name::IFACE_SLOTS,
@@ -168,7 +171,9 @@ pub const MAP_NAMES: [&str; 16] = [
     map_name::RATE_SETS,
     map_name::RATE_OVERFLOW,
     map_name::EVENTS,
+    map_name::V4_SLASH24,
     "SAMPLER",
+    "CLOCK",
 ];
 
 impl Datapath {
@@ -235,14 +240,14 @@ impl Datapath {
                     DatapathError::Invalid(format!("the object has no map {}", $name))
                 })?;
                 let fd = match &map {
-                    aya::maps::Map::HashMap(d) => {
+                    aya::maps::Map::HashMap(d) | aya::maps::Map::Array(d) => {
                         d.fd().as_fd().try_clone_to_owned().map_err(|e| {
                             DatapathError::Invalid(format!("duplicating the fd of {}: {e}", $name))
                         })?
                     }
                     _ => {
                         return Err(DatapathError::Invalid(format!(
-                            "{} is not a hash map",
+                            "{} is not a hash map or an array",
                             $name
                         )));
                     }
@@ -254,6 +259,7 @@ impl Datapath {
         let (allow_v6, allow_v6_fd) = take_with_fd!(map_name::ALLOW_V6);
         let (block_v4, block_v4_fd) = take_with_fd!(map_name::BLOCK_V4);
         let (block_v6, block_v6_fd) = take_with_fd!(map_name::BLOCK_V6);
+        let (slash24_map, slash24_fd) = take_with_fd!(map_name::V4_SLASH24);
         // The counters' fd too, to read all CPUs' counters in one syscall.
         let counters_map = ebpf.take_map(map_name::COUNTERS).ok_or_else(|| {
             DatapathError::Invalid(format!("the object has no map {}", map_name::COUNTERS))
@@ -310,7 +316,10 @@ impl Datapath {
                 allow_v6: allow_v6_fd,
                 block_v4: block_v4_fd,
                 block_v6: block_v6_fd,
+                slash24: slash24_fd,
             },
+            slash24: Slash24Summary::default(),
+            slash24_map,
         };
         dp.recount_lens()?;
         if dp.config.rate_set_mask == 0 || dp.config.hash_seed == 0 {
@@ -399,11 +408,11 @@ impl Datapath {
     fn recount_lens(&mut self) -> Result<(), DatapathError> {
         let mut allow = LenCounts::default();
         let mut block = LenCounts::default();
+        let mut summary = Slash24Summary::default();
         for k in self.allow_v4.keys() {
-            *allow
-                .v4
-                .entry(k.map_err(map_err(map_name::ALLOW_V4))?.prefix_len as u8)
-                .or_default() += 1;
+            let k = k.map_err(map_err(map_name::ALLOW_V4))?;
+            *allow.v4.entry(k.prefix_len as u8).or_default() += 1;
+            summary.add(List::Allow, &k);
         }
         for k in self.allow_v6.keys() {
             *allow
@@ -412,10 +421,9 @@ impl Datapath {
                 .or_default() += 1;
         }
         for k in self.block_v4.keys() {
-            *block
-                .v4
-                .entry(k.map_err(map_err(map_name::BLOCK_V4))?.prefix_len as u8)
-                .or_default() += 1;
+            let k = k.map_err(map_err(map_name::BLOCK_V4))?;
+            *block.v4.entry(k.prefix_len as u8).or_default() += 1;
+            summary.add(List::Block, &k);
         }
         for k in self.block_v6.keys() {
             *block
@@ -425,7 +433,20 @@ impl Datapath {
         }
         self.allow_lens = allow;
         self.block_lens = block;
+        // Written whole: pinned maps may come from an agent that kept no
+        // summary, or one that stopped between an entry and its bit.
+        let words = summary.all_words();
+        let index: Vec<u32> = (0..slash24::WORDS).collect();
+        batch_update(&self.list_fds.slash24, &index, &words)?;
+        self.slash24 = summary;
         self.publish(self.config)
+    }
+
+    /// Writes the summary words that changed (after the entries they cover
+    /// went in, or came out).
+    fn flush_slash24(&mut self) -> Result<(), DatapathError> {
+        let (index, words): (Vec<u32>, Vec<u64>) = self.slash24.take_dirty().into_iter().unzip();
+        batch_update(&self.list_fds.slash24, &index, &words)
     }
 
     fn lens_mut(&mut self, list: List) -> &mut LenCounts {
@@ -471,6 +492,10 @@ impl Datapath {
             _ => unreachable_family(),
         }?;
         if !existed {
+            if let Some(k) = prefix.v4_key() {
+                self.slash24.add(list, &k);
+                self.flush_slash24()?;
+            }
             let lens = self.lens_mut(list).family(v4);
             let n = lens.entry(prefix.prefix_len()).or_default();
             *n += 1;
@@ -526,6 +551,12 @@ impl Datapath {
         };
         batch_update(fd4, &k4, &e4)?;
         batch_update(fd6, &k6, &e6)?;
+        for (p, _, is_new) in items {
+            if let (true, Some(k)) = (*is_new, p.v4_key()) {
+                self.slash24.add(list, &k);
+            }
+        }
+        self.flush_slash24()?;
         let counts = self.lens_mut(list);
         let mut new_len = false;
         for (fam, add) in [(true, v4), (false, v6)] {
@@ -557,6 +588,10 @@ impl Datapath {
         };
         batch_delete(fd4, &k4)?;
         batch_delete(fd6, &k6)?;
+        for k in &k4 {
+            self.slash24.remove(list, k);
+        }
+        self.flush_slash24()?;
         let counts = self.lens_mut(list);
         let mut gone = false;
         for p in prefixes {
@@ -610,6 +645,10 @@ impl Datapath {
                 .map_err(map_err(map_name::BLOCK_V6)),
             _ => unreachable_family(),
         }?;
+        if let Some(k) = prefix.v4_key() {
+            self.slash24.remove(list, &k);
+            self.flush_slash24()?;
+        }
         let lens = self.lens_mut(list).family(prefix.is_ipv4());
         if let Some(n) = lens.get_mut(&prefix.prefix_len()) {
             *n -= 1;
@@ -921,6 +960,13 @@ impl Tables for ReadOnlyView<'_> {
             List::Allow => self.0.allow_v6.get(key, 0),
             List::Block => self.0.block_v6.get(key, 0),
         })
+    }
+
+    /// The kernel's summary word, so an explanation shows what the program
+    /// would do with it.
+    fn v4_slash24(&self, list: List, addr: u32) -> bool {
+        let (word, bit) = slash24::slot(list.index(), addr);
+        !self.0.slash24_map.get(&word, 0).is_ok_and(|w| w & bit == 0)
     }
 
     fn ban_v4(&self, key: &V4Key) -> Option<BanEntry> {

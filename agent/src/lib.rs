@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod persist;
 pub mod policy;
 pub mod prefix;
+mod slash24;
 pub mod top;
 
 /// Cases per parser property test: `default` in `cargo xtask test`,

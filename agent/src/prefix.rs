@@ -8,7 +8,7 @@ use std::{
 };
 
 use rampart_common::{
-    abi::{V4Key, V6Key},
+    abi::{Addr, V4Key, V6Key},
     addr::{mask_v6, v4_key},
 };
 
@@ -54,7 +54,9 @@ impl Prefix {
             IpAddr::V6(a) => {
                 let len = len.min(128);
                 Self {
-                    addr: IpAddr::V6(Ipv6Addr::from(mask_v6(a.octets(), len))),
+                    addr: IpAddr::V6(Ipv6Addr::from(
+                        mask_v6(Addr::from_bytes(a.octets()), len).to_bytes(),
+                    )),
                     len,
                 }
             }
@@ -129,7 +131,7 @@ impl Prefix {
             IpAddr::V6(a) => Some(V6Key {
                 prefix_len: u32::from(self.len),
                 pad: 0,
-                addr: a.octets(),
+                addr: Addr::from_bytes(a.octets()),
             }),
             IpAddr::V4(_) => None,
         }
@@ -140,7 +142,10 @@ impl Prefix {
     }
 
     pub fn from_v6_key(k: &V6Key) -> Self {
-        Self::new_masked(IpAddr::V6(Ipv6Addr::from(k.addr)), k.prefix_len as u8)
+        Self::new_masked(
+            IpAddr::V6(Ipv6Addr::from(k.addr.to_bytes())),
+            k.prefix_len as u8,
+        )
     }
 }
 

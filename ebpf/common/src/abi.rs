@@ -25,6 +25,29 @@ pub mod map_name {
     pub const RATE_SETS: &str = "RATE_SETS";
     pub const RATE_OVERFLOW: &str = "RATE_OVERFLOW";
     pub const EVENTS: &str = "EVENTS";
+    pub const V4_SLASH24: &str = "V4_SLASH24";
+}
+
+/// The /24 summary of the IPv4 lists ([`map_name::V4_SLASH24`]): one bit per
+/// /24 and list, set while the list holds an entry of [`slash24::MIN_LEN`]
+/// bits or longer inside that /24. A source whose bit is clear skips the
+/// probes of those lengths; on a typical list that is most sources and most
+/// probes.
+pub mod slash24 {
+    /// The shortest prefix length the summary covers.
+    pub const MIN_LEN: u8 = 24;
+    /// Words per list: 2^24 /24s, 64 to a word.
+    pub const WORDS_PER_LIST: u32 = 1 << 18;
+    /// Words in the map: the allowlist's, then the blocklist's.
+    pub const WORDS: u32 = 2 * WORDS_PER_LIST;
+
+    /// The word and bit of the /24 holding `addr` (the four address bytes
+    /// as one native-order word) in list `list` (0 allow, 1 block).
+    #[inline(always)]
+    pub fn slot(list: u32, addr: u32) -> (u32, u64) {
+        let n = u32::from_be(addr) >> 8;
+        (list * WORDS_PER_LIST + (n >> 6), 1u64 << (n & 63))
+    }
 }
 
 /// Name of the XDP program in the object file.
@@ -174,6 +197,74 @@ pub struct Config {
     pub ban_v6: PrefixLens,
 }
 
+/// A 16-byte address as it sits in memory, held as two native-order words
+/// (IPv4 takes the first four bytes). Words, not `[u8; 16]`: the BPF backend
+/// splits a byte array into sixteen scalars, and every copy, mask and hash
+/// of an address then costs sixteen instructions or more.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Addr {
+    pub words: [u64; 2],
+}
+
+impl Addr {
+    pub const fn from_bytes(b: [u8; 16]) -> Self {
+        let [
+            a0,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            a6,
+            a7,
+            b0,
+            b1,
+            b2,
+            b3,
+            b4,
+            b5,
+            b6,
+            b7,
+        ] = b;
+        Self {
+            words: [
+                u64::from_ne_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+                u64::from_ne_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
+            ],
+        }
+    }
+
+    pub const fn to_bytes(self) -> [u8; 16] {
+        let [a0, a1, a2, a3, a4, a5, a6, a7] = self.words[0].to_ne_bytes();
+        let [b0, b1, b2, b3, b4, b5, b6, b7] = self.words[1].to_ne_bytes();
+        [
+            a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7,
+        ]
+    }
+
+    /// An IPv4 address from its four bytes loaded as one native-order word.
+    #[inline(always)]
+    pub const fn from_v4_word(w: u32) -> Self {
+        let first = if cfg!(target_endian = "little") {
+            w as u64
+        } else {
+            (w as u64) << 32
+        };
+        Self { words: [first, 0] }
+    }
+
+    /// The first four bytes as one native-order word (the IPv4 address).
+    #[inline(always)]
+    pub const fn v4_word(self) -> u32 {
+        if cfg!(target_endian = "little") {
+            self.words[0] as u32
+        } else {
+            (self.words[0] >> 32) as u32
+        }
+    }
+}
+
 /// Key of the IPv4 allow, block and ban tables: a masked prefix. Keys are
 /// 8-byte aligned: the kernel build writes them in 64-bit words, and the
 /// verifier refuses misaligned stack access.
@@ -191,7 +282,7 @@ pub struct V6Key {
     pub prefix_len: u32,
     /// Always zero (keys are compared bytewise); keeps `addr` 8-byte aligned.
     pub pad: u32,
-    pub addr: [u8; 16],
+    pub addr: Addr,
 }
 
 /// Per-entry flags in [`ListEntry::flags`].
@@ -354,8 +445,8 @@ pub struct Event {
     pub ts_ns: u64,
     /// Ban events: when the ban ends (monotonic ns).
     pub ban_expires_ns: u64,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
     pub sport: u16,
     pub dport: u16,
     pub ifindex: u32,
@@ -382,6 +473,7 @@ const _: () = {
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<PrefixLens>() == 48);
     assert!(size_of::<Config>() == 32 + 6 * 48);
+    assert!(size_of::<Addr>() == 16);
     assert!(size_of::<V4Key>() == 8);
     assert!(size_of::<V6Key>() == 24);
     assert!(size_of::<ListEntry>() == 16);

@@ -5,11 +5,11 @@
 //! maps, [`crate::model`] over plain collections.
 use crate::{
     abi::{
-        BanEntry, BucketSet, Config, ListEntry, MAX_POLICIES, MAX_PREFIX_LENS, NO_POLICY,
+        Addr, BanEntry, BucketSet, Config, ListEntry, MAX_POLICIES, MAX_PREFIX_LENS, NO_POLICY,
         OverflowBucket, Policy, PrefixLens, RATE_WAYS, V4Key, V6Key, action, config_flag,
-        entry_flag, policy_flag, proto, reason, stat,
+        entry_flag, policy_flag, proto, reason, slash24, stat,
     },
-    addr::{mask_v6, rate_hash, v4_key, v4_of, v6_key},
+    addr::{mask_v4_word, mask_v6, rate_hash, v4_key_word, v4_len, v6_key},
     bucket::{SCALE, refill, scaled},
     parse::{Packet, Parsed, Source, ipproto},
 };
@@ -19,6 +19,17 @@ use crate::{
 pub enum List {
     Allow,
     Block,
+}
+
+impl List {
+    /// The list's index in tables kept per list ([`slash24`]).
+    #[inline(always)]
+    pub const fn index(self) -> u32 {
+        match self {
+            Self::Allow => 0,
+            Self::Block => 1,
+        }
+    }
 }
 
 /// The outcome for one packet.
@@ -47,7 +58,7 @@ impl Verdict {
 pub struct BanStarted {
     pub family: u8,
     pub prefix_len: u8,
-    pub addr: [u8; 16],
+    pub addr: Addr,
     pub ban: BanEntry,
 }
 
@@ -56,6 +67,10 @@ pub struct BanStarted {
 pub trait Tables {
     fn list_v4(&self, list: List, key: &V4Key) -> Option<ListEntry>;
     fn list_v6(&self, list: List, key: &V6Key) -> Option<ListEntry>;
+    /// Whether `list` may hold an IPv4 entry of [`slash24::MIN_LEN`] bits or
+    /// longer inside the /24 of `addr` (a native-order word). Never false
+    /// while it does: a false here skips those probes.
+    fn v4_slash24(&self, list: List, addr: u32) -> bool;
     fn ban_v4(&self, key: &V4Key) -> Option<BanEntry>;
     fn ban_v6(&self, key: &V6Key) -> Option<BanEntry>;
     /// Offences recorded for a ban key so far (0 if none). A plain count, not
@@ -197,10 +212,18 @@ pub fn find_list<T: Tables + ?Sized, F: Fn() -> u64>(
             List::Allow => &cfg.allow_v4,
             List::Block => &cfg.block_v4,
         };
-        let addr = v4_of(&src.addr);
+        let addr = src.addr.v4_word();
+        // Lengths are probed longest first: when the first is under /24,
+        // none is at or over it and the summary need not be read.
+        let near = lens.count > 0 && lens.lens[0] >= slash24::MIN_LEN && t.v4_slash24(list, addr);
         probe(
             lens,
-            |len| t.list_v4(list, &v4_key(addr, len)),
+            |len| {
+                if len >= slash24::MIN_LEN && !near {
+                    return None;
+                }
+                t.list_v4(list, &v4_key_word(addr, len))
+            },
             |e| e.live(clock) && e.visible(cfg.flags),
         )
     } else {
@@ -221,8 +244,8 @@ pub fn find_list<T: Tables + ?Sized, F: Fn() -> u64>(
 pub fn find_ban<T: Tables + ?Sized>(t: &T, cfg: &Config, src: &Source, now: u64) -> bool {
     let live = |b: &BanEntry| now < b.expires_ns;
     if src.family == 4 {
-        let addr = v4_of(&src.addr);
-        probe(&cfg.ban_v4, |len| t.ban_v4(&v4_key(addr, len)), live).is_some()
+        let addr = src.addr.v4_word();
+        probe(&cfg.ban_v4, |len| t.ban_v4(&v4_key_word(addr, len)), live).is_some()
     } else {
         probe(&cfg.ban_v6, |len| t.ban_v6(&v6_key(src.addr, len)), live).is_some()
     }
@@ -267,15 +290,13 @@ pub fn policy_matches(p: &Policy, pkt: &Packet) -> bool {
 
 /// The source aggregated to the policy's prefix: (address, prefix length).
 #[inline(always)]
-pub fn aggregate(p: &Policy, src: &Source) -> ([u8; 16], u8) {
+pub fn aggregate(p: &Policy, src: &Source) -> (Addr, u8) {
     if src.family == 4 {
-        let k = v4_key(v4_of(&src.addr), p.v4_prefix);
-        let mut a = [0u8; 16];
-        a[0] = k.addr[0];
-        a[1] = k.addr[1];
-        a[2] = k.addr[2];
-        a[3] = k.addr[3];
-        (a, k.prefix_len as u8)
+        let len = v4_len(p.v4_prefix);
+        (
+            Addr::from_v4_word(mask_v4_word(src.addr.v4_word(), len)),
+            len,
+        )
     } else {
         let len = if p.v6_prefix > 128 { 128 } else { p.v6_prefix };
         (mask_v6(src.addr, len), len)
@@ -446,7 +467,7 @@ fn start_ban<T: Tables + ?Sized>(
     index: u32,
     family: u8,
     prefix_len: u8,
-    addr: [u8; 16],
+    addr: Addr,
     now: u64,
 ) {
     let ban = |prev: u32| {
@@ -458,7 +479,7 @@ fn start_ban<T: Tables + ?Sized>(
         }
     };
     let (stored, ban) = if family == 4 {
-        let key = v4_key(v4_of(&addr), prefix_len);
+        let key = v4_key_word(addr.v4_word(), prefix_len);
         let ban = ban(t.offences_v4(&key));
         (t.set_ban_v4(&key, &ban), ban)
     } else {

@@ -8,7 +8,9 @@ extern crate std;
 use std::{cell::RefCell, collections::HashMap, vec::Vec};
 
 use crate::{
-    abi::{BanEntry, BucketSet, Config, ListEntry, OverflowBucket, Policy, V4Key, V6Key, stat},
+    abi::{
+        BanEntry, BucketSet, Config, ListEntry, OverflowBucket, Policy, V4Key, V6Key, slash24, stat,
+    },
     decide::{BanStarted, List, Tables, Verdict, decide},
     parse::parse,
 };
@@ -44,6 +46,20 @@ impl Tables for ModelTables {
             List::Allow => self.allow_v6.get(key).copied(),
             List::Block => self.block_v6.get(key).copied(),
         }
+    }
+
+    /// Computed from the entries themselves: the ground truth the kernel's
+    /// maintained summary is compared with.
+    fn v4_slash24(&self, list: List, addr: u32) -> bool {
+        let entries = match list {
+            List::Allow => &self.allow_v4,
+            List::Block => &self.block_v4,
+        };
+        let slot = slash24::slot(list.index(), addr);
+        entries.keys().any(|k| {
+            k.prefix_len >= u32::from(slash24::MIN_LEN)
+                && slash24::slot(list.index(), u32::from_ne_bytes(k.addr)) == slot
+        })
     }
 
     fn ban_v4(&self, key: &V4Key) -> Option<BanEntry> {

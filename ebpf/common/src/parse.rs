@@ -6,6 +6,8 @@
 //! [`Parsed::Malformed`], with its source when the fixed IP header was there,
 //! so the lists still apply to it.
 
+use crate::abi::Addr;
+
 /// Read access to a frame.
 pub trait Frame {
     /// Reads a `T` at byte offset `off`, or `None` past the end of the frame.
@@ -57,7 +59,7 @@ pub enum Parsed {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Source {
     /// IPv4 in the first four bytes.
-    pub addr: [u8; 16],
+    pub addr: Addr,
     /// 4 or 6.
     pub family: u8,
 }
@@ -67,7 +69,7 @@ pub struct Source {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Packet {
     pub src: Source,
-    pub dst: [u8; 16],
+    pub dst: Addr,
     /// The transport protocol (after IPv6 extension headers).
     pub proto: u8,
     /// A fragment other than the first: it has no transport header.
@@ -126,27 +128,10 @@ fn bytes8<F: Frame>(f: &F, off: usize) -> Option<[u8; 8]> {
 
 /// A 16-byte address read as two words.
 #[inline(always)]
-fn addr16<F: Frame>(f: &F, off: usize) -> Option<[u8; 16]> {
+fn addr16<F: Frame>(f: &F, off: usize) -> Option<Addr> {
     let hi = f.read::<u64>(off)?;
     let lo = f.read::<u64>(off + 8)?;
-    Some(join_words(hi, lo))
-}
-
-/// Two native-order words as the 16 bytes they hold in memory.
-#[inline(always)]
-pub fn join_words(hi: u64, lo: u64) -> [u8; 16] {
-    let h = hi.to_ne_bytes();
-    let l = lo.to_ne_bytes();
-    [
-        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6],
-        l[7],
-    ]
-}
-
-/// An IPv4 address in the first four bytes of a 16-byte field.
-#[inline(always)]
-fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
-    join_words(u64::from_ne_bytes([a[0], a[1], a[2], a[3], 0, 0, 0, 0]), 0)
+    Some(Addr { words: [hi, lo] })
 }
 
 /// Length of the fixed IPv4 header.
@@ -157,10 +142,10 @@ fn parse_v4<F: Frame>(f: &F, off: usize) -> Parsed {
     // The last word first: once it is there, the fixed header is. One read
     // at a time: a tuple of `Option`s leaves the payloads of `None`
     // uninitialised in registers, which the verifier refuses.
-    let Some(daddr) = bytes4(f, off + 16) else {
+    let Some(daddr) = f.read::<u32>(off + 16) else {
         return Parsed::Malformed(None);
     };
-    let Some(saddr) = bytes4(f, off + 12) else {
+    let Some(saddr) = f.read::<u32>(off + 12) else {
         return Parsed::Malformed(None);
     };
     let Some(w2) = bytes4(f, off + 8) else {
@@ -172,11 +157,9 @@ fn parse_v4<F: Frame>(f: &F, off: usize) -> Parsed {
     let Some(w0) = bytes4(f, off) else {
         return Parsed::Malformed(None);
     };
-    // Whole words, never a partly written array: that would cost a
-    // `memset` call in the kernel build.
     let src = Source {
         family: 4,
-        addr: v4_in_16(saddr),
+        addr: Addr::from_v4_word(saddr),
     };
     let version = w0[0] >> 4;
     let ihl = (w0[0] & 0x0f) as usize * 4;
@@ -185,7 +168,7 @@ fn parse_v4<F: Frame>(f: &F, off: usize) -> Parsed {
     }
     let mut pkt = Packet {
         src,
-        dst: v4_in_16(daddr),
+        dst: Addr::from_v4_word(daddr),
         proto: w2[1],
         later_fragment: false,
         sport: 0,

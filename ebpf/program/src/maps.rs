@@ -5,14 +5,15 @@
 //! block must never be evicted by a flood of new sources.
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
-    helpers::generated::bpf_ktime_get_coarse_ns,
+    helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use rampart_common::{
     abi::{
-        BanEntry, BucketSet, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, Event, ListEntry,
-        MAX_IFINDEX, MAX_POLICIES, OverflowBucket, Policy, V4Key, V6Key, action, event_kind, stat,
+        Addr, BanEntry, BucketSet, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, Event,
+        ListEntry, MAX_IFINDEX, MAX_POLICIES, OverflowBucket, Policy, V4Key, V6Key, action,
+        event_kind, slash24, stat,
     },
     decide::{BanStarted, List, Tables, Verdict},
     parse::Parsed,
@@ -37,6 +38,8 @@ static BLOCK_V4: HashMap<V4Key, ListEntry> = HashMap::with_max_entries(1 << 20, 
 #[map]
 static BLOCK_V6: HashMap<V6Key, ListEntry> = HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
 #[map]
+static V4_SLASH24: Array<u64> = Array::with_max_entries(slash24::WORDS, 0);
+#[map]
 static BANS_V4: HashMap<V4Key, BanEntry> = HashMap::with_max_entries(1 << 16, 0);
 #[map]
 static BANS_V6: HashMap<V6Key, BanEntry> = HashMap::with_max_entries(1 << 16, 0);
@@ -52,6 +55,8 @@ static RATE_OVERFLOW: Array<OverflowBucket> = Array::with_max_entries(1 << 16, B
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 static SAMPLER: PerCpuArray<SamplerState> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static CLOCK: PerCpuArray<ClockCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU sampling state: drops left until the next sample (a countdown,
 /// not a modulo: division is slow), and the current one-second window.
@@ -70,12 +75,38 @@ pub fn config() -> Option<&'static Config> {
     CONFIG.get(active & 1)
 }
 
-/// `CLOCK_MONOTONIC` at tick resolution: cheaper than the exact clock, and
-/// rate limits and expiries do not need better than a few milliseconds.
+/// The coarse clock as last read on this CPU, and the tick it was read in.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ClockCache {
+    jiffies: u64,
+    ns: u64,
+}
+
+/// `CLOCK_MONOTONIC` at tick resolution: rate limits and expiries do not
+/// need better than a few milliseconds.
+///
+/// The coarse clock only moves when the tick does, so it is read once per
+/// tick per CPU and cached against `jiffies`: the verifier turns
+/// `bpf_jiffies64` into a plain load, where the clock helper is a call
+/// (about three times the cost of a hash probe's arithmetic on a kernel with
+/// return-thunk mitigations).
 #[inline(always)]
 pub fn now_ns() -> u64 {
-    // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    // SAFETY: helpers without arguments.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(cache) = CLOCK.get_ptr_mut(0) else {
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: per-CPU value, only this CPU writes it. A zero `ns` marks an
+    // empty cache (the monotonic clock is never zero once booted).
+    unsafe {
+        if (*cache).jiffies != jiffies || (*cache).ns == 0 {
+            (*cache).ns = bpf_ktime_get_coarse_ns();
+            (*cache).jiffies = jiffies;
+        }
+        (*cache).ns
+    }
 }
 
 pub struct BpfTables;
@@ -100,6 +131,13 @@ impl Tables for BpfTables {
         };
         // SAFETY: as above.
         unsafe { map.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn v4_slash24(&self, list: List, addr: u32) -> bool {
+        let (word, bit) = slash24::slot(list.index(), addr);
+        // A word that cannot be read means probe, never skip.
+        V4_SLASH24.get(word).is_none_or(|w| w & bit != 0)
     }
 
     #[inline(always)]
@@ -179,7 +217,7 @@ impl Tables for BpfTables {
             (*ev).ts_ns = now_ns();
             (*ev).ban_expires_ns = ban.ban.expires_ns;
             (*ev).src = ban.addr;
-            (*ev).dst = [0; 16];
+            (*ev).dst = Addr::default();
             (*ev).sport = 0;
             (*ev).dport = 0;
             (*ev).ifindex = 0;
@@ -245,8 +283,8 @@ pub fn sample(cfg: &Config, parsed: &Parsed, v: &Verdict, ifindex: u32, len: u32
     unsafe {
         (*ev).ts_ns = now;
         (*ev).ban_expires_ns = 0;
-        (*ev).src = [0; 16];
-        (*ev).dst = [0; 16];
+        (*ev).src = Addr::default();
+        (*ev).dst = Addr::default();
         (*ev).sport = 0;
         (*ev).dport = 0;
         (*ev).family = 0;
