@@ -46,7 +46,12 @@ pub struct Capacities {
     pub bans_v4: u32,
     pub bans_v6: u32,
     /// Sets of the rate table (rounded up to a power of two); each holds
-    /// four sources.
+    /// four sources. The default (65,536 sources, 2.5 MiB with the overflow
+    /// buckets) stays in cache: a spoofed flood reads a random set per
+    /// packet, and at four times the size each read costs a cache and TLB
+    /// miss (docs/benchmarks.md). A spoofed flood fills any size within
+    /// milliseconds, so more sets buy room for legitimate sources in calm
+    /// times, not resilience under attack.
     pub rate_sets: u32,
 }
 
@@ -59,7 +64,7 @@ impl Default for Capacities {
             block_v6: 1 << 18,
             bans_v4: 1 << 16,
             bans_v6: 1 << 16,
-            rate_sets: 1 << 16,
+            rate_sets: 1 << 14,
         }
     }
 }
