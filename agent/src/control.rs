@@ -28,7 +28,7 @@ use crate::{
         self, AddRequest, ApiError, BansDelRequest, Changed, DelRequest, StatRow, Status, TableFill,
     },
     core::CoreError,
-    daemon::{Shared, lock, reload},
+    daemon::{BULK_CHANGE, Shared, lock, release_freed_memory, reload},
     persist::ListKind,
     policy::Protocol,
 };
@@ -299,6 +299,7 @@ async fn list_add(
         "ttl_secs": req.ttl_secs, "reason": req.reason});
     let shared = s.clone();
     let resp = tokio::task::spawn_blocking(move || {
+        let changed = req.prefixes.len();
         let r = lock(&shared.core).add(
             kind,
             &req.prefixes,
@@ -306,13 +307,14 @@ async fn list_add(
             req.reason,
             "cli",
         );
+        drop(req.prefixes);
+        if changed >= BULK_CHANGE {
+            release_freed_memory();
+        }
         match r {
             Ok(()) => {
                 shared.save_soon.notify_one();
-                Json(Changed {
-                    changed: req.prefixes.len(),
-                })
-                .into_response()
+                Json(Changed { changed }).into_response()
             }
             Err(e) => core_error(e),
         }

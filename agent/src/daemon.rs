@@ -511,6 +511,21 @@ async fn housekeeping(shared: Arc<Shared>) {
     }
 }
 
+/// Changes at least this large hand their freed memory back afterwards.
+pub const BULK_CHANGE: usize = 10_000;
+
+/// Hands memory freed by a bulk change (request bodies, staging vectors,
+/// parsed feeds) back to the system. The allocator otherwise keeps it for
+/// reuse, and the agent's resident memory would show the peak of the last
+/// import rather than what it holds.
+pub fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns the allocator's own free pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Writes the state file when a change asks for it, and retries a failed
 /// write every second. Off the async workers: a large state takes seconds.
 async fn saver(shared: Arc<Shared>) {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     clock,
     core::{Core, FeedApplied},
-    daemon::{Shared, lock},
+    daemon::{BULK_CHANGE, Shared, lock, release_freed_memory},
     feed::{self, FeedAction, FeedSpec},
     persist::ListKind,
     prefix::Prefix,
@@ -224,7 +224,12 @@ async fn fetch_and_apply(
         if let Err(e) = shared2.feeds.write_cache(&spec2.name, &text) {
             tracing::warn!(feed = %spec2.name, "cannot cache the feed (a restart will wait for the source): {e}");
         }
-        Ok((applied, parsed.invalid))
+        let invalid = parsed.invalid;
+        if parsed.prefixes.len() >= BULK_CHANGE {
+            drop((parsed, text));
+            release_freed_memory();
+        }
+        Ok((applied, invalid))
     })
     .await
     .map_err(|_| "the refresh task failed".to_string())?
