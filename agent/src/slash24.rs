@@ -14,7 +14,7 @@ use rampart_common::{
 
 #[derive(Default)]
 pub struct Slash24Summary {
-    /// (list index << 24 | /24 number) -> entries of /24 or longer in it.
+    /// The /24's bit (`slash24::bit`) -> entries of /24 or longer in it.
     counts: HashMap<u32, u32>,
     /// Words with a set bit, as last computed.
     words: HashMap<u32, u64>,
@@ -89,8 +89,7 @@ fn count_key(list: List, key: &V4Key) -> Option<u32> {
     if key.prefix_len < u32::from(slash24::MIN_LEN) {
         return None;
     }
-    let n = u32::from_be_bytes(key.addr) >> 8;
-    Some(list.index() << 24 | n)
+    Some(slash24::bit(list.index(), u32::from_ne_bytes(key.addr)))
 }
 
 #[cfg(test)]

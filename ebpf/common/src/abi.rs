@@ -41,12 +41,19 @@ pub mod slash24 {
     /// Words in the map: the allowlist's, then the blocklist's.
     pub const WORDS: u32 = 2 * WORDS_PER_LIST;
 
-    /// The word and bit of the /24 holding `addr` (the four address bytes
-    /// as one native-order word) in list `list` (0 allow, 1 block).
+    /// The bit, counted across the whole map, of the /24 holding `addr`
+    /// (the four address bytes as one native-order word) in list `list`
+    /// (0 allow, 1 block).
+    #[inline(always)]
+    pub fn bit(list: u32, addr: u32) -> u32 {
+        list << 24 | u32::from_be(addr) >> 8
+    }
+
+    /// The word of the map holding [`bit`], and the bit's mask in it.
     #[inline(always)]
     pub fn slot(list: u32, addr: u32) -> (u32, u64) {
-        let n = u32::from_be(addr) >> 8;
-        (list * WORDS_PER_LIST + (n >> 6), 1u64 << (n & 63))
+        let b = bit(list, addr);
+        (b >> 6, 1u64 << (b & 63))
     }
 }
 
