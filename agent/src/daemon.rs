@@ -325,6 +325,8 @@ pub fn sync_interfaces(shared: &Shared) {
                             && slot < rampart_common::abi::MAX_IFACE_SLOTS
                         {
                             let _ = core.dp.set_iface_slot(ifindex, slot);
+                        } else {
+                            tracing::warn!(interface = %name, ifindex, "no counter slot for this interface: its packets are counted as interface \"other\"");
                         }
                         tracing::info!(interface = %name, mode = %s.mode, ifindex, "attached");
                         s

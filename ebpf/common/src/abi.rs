@@ -96,7 +96,10 @@ pub mod reason {
 pub const MAX_IFACE_SLOTS: u32 = 64;
 /// `IFACE_SLOTS` is an array indexed by ifindex (array lookups are inlined by
 /// the verifier, a hash lookup is not); higher ifindexes count in slot 0.
-pub const MAX_IFINDEX: u32 = 1024;
+/// Ifindexes are handed out cyclically, so they grow with every interface a
+/// namespace has ever created: a host that churns veths (containers, tests)
+/// passes 1024 within days. 65,536 entries are 256 KiB.
+pub const MAX_IFINDEX: u32 = 1 << 16;
 
 /// Index into `COUNTERS` (a per-CPU array).
 #[inline(always)]
