@@ -71,6 +71,13 @@ struct Target {
     limit: String,
     measured: String,
     met: bool,
+    /// Distance to the limit as a fraction of it; negative when missed.
+    headroom: f64,
+}
+
+/// Headroom of `x` under an upper limit.
+fn under(limit: f64, x: f64) -> f64 {
+    (limit - x) / limit
 }
 
 fn targets(v: &Value) -> Vec<Target> {
@@ -87,6 +94,7 @@ fn targets(v: &Value) -> Vec<Target> {
             limit: "<= 3.0x".into(),
             measured: format!("{r:.2}x"),
             met: r <= 3.0,
+            headroom: under(3.0, r),
         });
     }
     let s3 = ns(v, "S3 flood 256 sources");
@@ -96,6 +104,7 @@ fn targets(v: &Value) -> Vec<Target> {
         limit: "<= 1.5x".into(),
         measured: format!("{r:.2}x"),
         met: r <= 1.5,
+        headroom: under(1.5, r),
     });
     let r = ns(v, "S2 blocklist 1000000") / ns(v, "S2 blocklist 1");
     t.push(Target {
@@ -103,6 +112,7 @@ fn targets(v: &Value) -> Vec<Target> {
         limit: "<= 1.2x".into(),
         measured: format!("{r:.2}x"),
         met: r <= 1.2,
+        headroom: under(1.2, r),
     });
     let cp = &v["control_plane"];
     let f = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
@@ -113,6 +123,7 @@ fn targets(v: &Value) -> Vec<Target> {
         limit: "<= 2 s".into(),
         measured: format!("{import:.2} s"),
         met: entries >= 1_000_000 && import <= 2.0,
+        headroom: under(2.0, import),
     });
     let rss = f(&cp["import"]["rss_after_bytes"]) / 1048576.0;
     t.push(Target {
@@ -120,6 +131,7 @@ fn targets(v: &Value) -> Vec<Target> {
         limit: "<= 256 MiB".into(),
         measured: format!("{rss:.0} MiB"),
         met: entries >= 1_000_000 && rss <= 256.0,
+        headroom: under(256.0, rss),
     });
     if cp["feed"].is_object() {
         let feed = f(&cp["feed"]["seconds"]);
@@ -129,6 +141,7 @@ fn targets(v: &Value) -> Vec<Target> {
             limit: "<= 2 s".into(),
             measured: format!("{feed:.2} s"),
             met: n >= 1_000_000 && feed <= 2.0,
+            headroom: under(2.0, feed),
         });
     }
     let add = f(&cp["block add to enforcement"]["median_ms"]);
@@ -137,6 +150,7 @@ fn targets(v: &Value) -> Vec<Target> {
         limit: "< 10 ms".into(),
         measured: format!("{add:.1} ms"),
         met: add < 10.0,
+        headroom: under(10.0, add),
     });
     let scrape = f(&cp["scrape during flood"]["max_ms"]);
     t.push(Target {
@@ -144,6 +158,7 @@ fn targets(v: &Value) -> Vec<Target> {
         limit: "< 50 ms".into(),
         measured: format!("{scrape:.1} ms"),
         met: scrape < 50.0,
+        headroom: under(50.0, scrape),
     });
     if let Some(phases) = v["legit_client"].as_object() {
         for (k, x) in phases {
@@ -154,6 +169,8 @@ fn targets(v: &Value) -> Vec<Target> {
                 limit: "all".into(),
                 measured: format!("{ok}/{n}"),
                 met: n > 0 && ok == n,
+                // All or nothing: no margin to speak of.
+                headroom: f64::INFINITY,
             });
         }
     }
@@ -165,6 +182,7 @@ fn targets(v: &Value) -> Vec<Target> {
             limit: ">= 3.0x".into(),
             measured: format!("{r:.2}x"),
             met: r >= 3.0,
+            headroom: (r - 3.0) / 3.0,
         });
     }
     t
@@ -204,11 +222,25 @@ fn verdict(v: &Value) -> String {
         .filter(|t| !t.met)
         .map(|t| t.what.as_str())
         .collect();
-    if missed.is_empty() {
-        format!("All {} targets were met in this run.", all.len())
+    // Ratios on this shared machine move a few percent from run to run.
+    let close: Vec<String> = all
+        .iter()
+        .filter(|t| t.met && t.headroom < 0.05)
+        .map(|t| format!("{} ({}, limit {})", t.what, t.measured, t.limit))
+        .collect();
+    let close = if close.is_empty() {
+        String::new()
     } else {
         format!(
-            "{} of {} targets were missed in this run: {}. The issue stays open until they are met.",
+            " Within 5% of their limits, inside this machine's run-to-run spread, so a re-run can miss them: {}.",
+            close.join("; ")
+        )
+    };
+    if missed.is_empty() {
+        format!("All {} targets were met in this run.{close}", all.len())
+    } else {
+        format!(
+            "{} of {} targets were missed in this run: {}. The issue stays open until they are met.{close}",
             missed.len(),
             all.len(),
             missed.join("; ")
@@ -221,7 +253,7 @@ fn report(v: &Value) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# Benchmarks\n\nReproduce with `cargo xtask bench` (as root; about five minutes). Every figure\nbelow was measured in one run on the machine described; compare ratios, not\nabsolute times across runs.\n"
+        "# Benchmarks\n\nReproduce with `cargo xtask bench` (as root; about ten minutes). Every figure\nbelow was measured in one run on the machine described; compare ratios, not\nabsolute times across runs.\n"
     );
     let _ = writeln!(
         s,
@@ -247,7 +279,7 @@ fn report(v: &Value) -> String {
     let floor = ns(v, "floor");
     let _ = writeln!(
         s,
-        "\n## Per-packet cost\n\n`BPF_PROG_TEST_RUN`, {} repetitions per run, {} runs, median (min-max). Multi-source\nscenarios run a benchmark build whose prologue rewrites the IPv4 source on every\npacket (cycling through N sources, or random for S4), so they are not one-key\nhot-cache figures; that prologue costs a few ns, included in S3 and S4.\n\n![per-packet cost](benchmarks.svg)\n\n| scenario | ns/packet | min-max | vs floor |\n|---|---|---|---|",
+        "\n## Per-packet cost\n\n`BPF_PROG_TEST_RUN`, {} repetitions per run, {} runs, median (min-max). S1 and S2\n(one source) run the shipped program. Multi-source scenarios run a benchmark build\nwhose prologue rewrites the IPv4 source on every packet (cycling through N sources,\nor random for S4), so they are not one-key hot-cache figures; that prologue costs\na few ns, included in S3 and S4.\n\n![per-packet cost](benchmarks.svg)\n\n| scenario | ns/packet | min-max | vs floor |\n|---|---|---|---|",
         v["per_packet"]["floor"]["repeat"], v["per_packet"]["floor"]["runs"]
     );
     for (k, x) in v["per_packet"].as_object().cloned().unwrap_or_default() {
@@ -262,7 +294,7 @@ fn report(v: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## Throughput over veth\n\nA live-frames generator (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`,\nXDP_TX) in one namespace sends {} frames per run into a veth whose peer, in\nanother namespace, runs the filter under test (XDP attached natively, or\nnftables/iptables in the kernel stack). Rate = frames the receiving veth counted /\ngenerator time; median of runs. On a 2-vCPU VM generator and receiver share\nthe CPU the generator runs on (veth processes XDP_TX frames in the sender's\nNAPI context), so these are lower bounds for a real NIC.\n\n| filter | Mpps | min-max | vs nftables meter |\n|---|---|---|---|",
+        "\n## Throughput over veth\n\nA live-frames generator (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`,\nXDP_TX) in one namespace sends {} frames per run into a veth whose peer, in\nanother namespace, runs the filter under test (the shipped program attached\nnatively, or nftables/iptables in the kernel stack); the generator varies the\nsources. Rate = frames the receiving veth counted / generator time; median of\nruns. On a 2-vCPU VM generator and receiver share\nthe CPU the generator runs on (veth processes XDP_TX frames in the sender's\nNAPI context), so these are lower bounds for a real NIC.\nThreaded NAPI on the receiving veth, pinned to the other CPU, was tried: the floor\nreached 13 Mpps, but every XDP filter's rate then varied by half from run to run\n(frames and their pages crossing CPUs), so receiver and generator share one CPU.\n\n| filter | Mpps | min-max | vs nftables meter |\n|---|---|---|---|",
         v["throughput"]["floor"]["frames"]
     );
     let meter = mpps(v, "nftables meter 256 sources");
@@ -278,7 +310,7 @@ fn report(v: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## Where the cost goes\n\n{verdict}\n\n- **Calls are the cost.** This machine's kernel returns from every function\n  through the SRSO \"safe RET\" thunk (see\n  `/sys/devices/system/cpu/vulnerabilities/spec_rstack_overflow`), so every\n  call and return is dear: a helper call, and a hash-map lookup (which calls\n  into the kernel's hash code). Array-map lookups and `bpf_jiffies64` are\n  inlined by the verifier and cost no call. The empty floor program makes none.\n- **Addresses travel as words.** The BPF backend splits a `[u8; 16]` into\n  sixteen scalars, so parsing, masking and hashing an address cost hundreds of\n  instructions; a profile of the JIT image (`perf record -e cpu-clock`, mapped\n  to source lines through the program's line info) showed it as the largest\n  part. Addresses are two native-order words (`abi::Addr`). Experimental\n  builds measured here: S1 144 -> 103 ns, S2 84 -> 60 ns, S3 100 -> 70 ns.\n- **The clock is read once per tick.** `bpf_ktime_get_coarse_ns` only moves\n  with the tick, so each CPU caches it against `jiffies` (an inlined load):\n  about 15 ns off every metered packet.\n- **S1: a /24 summary of the IPv4 lists.** Legitimate traffic used to miss one\n  hash probe per prefix length in use (/32 and /24 here). One bit per /24 and\n  list (`V4_SLASH24`, an array map) says whether the /24 holds any entry of /24\n  or longer; a clear bit skips those probes. The agent maintains it beside the\n  prefix-length counts and rewrites it whole when it re-adopts pinned maps; the\n  reference model computes it from the entries, so the differential tests check\n  it. S1 went from about 95 to 55 ns.\n- **S2** costs one hash probe (20-25 ns of its cost) and stays near 3x the\n  floor, at 2.9-3.1x: the target with no margin. The way under it is a list\n  table in an array map, whose lookups the verifier inlines. A version with\n  two-choice buckets of four slots was built and did not load: the probe runs\n  once per prefix length in use, for each list and family, and the verifier\n  walks every probe inline. With eight slot reads per probe it passed its\n  limit of one million instructions. It still did so with the bucket scan\n  written without branches and the loop cut from 44 lengths to 8. Such a\n  table needs the probe verified once, not at every use: a global BPF\n  function, or an open-coded iterator.\n- **S4 / S3: the rate table is sized to the cache.** A spoofed flood reads a\n  random set of the rate table on every packet. At the default 16,384 sets\n  (65,536 sources, 2.5 MiB with the overflow buckets) those reads stay in cache;\n  the row for a table four times larger shows what a cache and TLB miss per\n  packet costs. A spoofed flood fills a table of any size within milliseconds,\n  so a larger table buys room for legitimate sources in calm times, not\n  resilience under attack; sources already tracked keep their buckets (S5).\n- **Throughput vs the nftables meter** follows the per-packet cost: the\n  generator is not the limit, the receiving CPU is. The spoofed flood's\n  throughput is low for every filter because its packets pass: each new source\n  starts with a full bucket, so they go up the receiving stack.\n- The lookup cost does not grow with the list (S2 at 1M entries costs the same\n  as at 1), which is the property the design was chosen for.\n- **S6:** the import inserts in key order and writes batches to the kernel from\n  two threads; the feed swap computes its changes with sorted merges and looks\n  each arrival up once. Memory freed by a bulk change is returned to the system\n  (`malloc_trim`), so resident memory shows what the agent holds. After the\n  feed the agent holds two million entries (the import and the feed), which is\n  why its resident memory roughly doubles there.\n\n## Legitimate client (S5)\n\nA real service (Python's HTTP server) in the server namespace behind the agent,\nwith a `web` policy of 200 packets/s per source on its port. A client makes\nsequential requests with curl from its own address: without attack, during an\nhping3 SYN flood from one source over its limit (S3), and during a SYN flood\nwith a random source on every packet (S4). `flood dropped` is what the rate\nlimit dropped while the client ran, so the flood was there.\n\n{s5}\n## Control plane (S6)\n\nA live agent in a namespace: `rampart block import` of a generated file (4/5\naddresses, 1/5 /24s) through the control socket and batch map updates; the\nagent's resident memory after it; `rampart block add` timed end to end (the map\nis updated before the command returns, and a packet sent right after is checked\nto be dropped); a one-million-entry feed file applied with `rampart feeds\nrefresh` (fetch, parse, guards, staged swap); `/metrics` fetched ten times\nduring an hping3 SYN flood. The agent is the release build. Times include\nstarting the `rampart`/`curl` process.\n\nRaw figures: [bench-results.json](bench-results.json).",
+        "\n## Where the cost goes\n\n{verdict}\n\n- **Calls are the cost.** This machine's kernel returns from every function\n  through the SRSO \"safe RET\" thunk (see\n  `/sys/devices/system/cpu/vulnerabilities/spec_rstack_overflow`), so every\n  call and return is dear: a helper call, and a hash-map lookup (which calls\n  into the kernel's hash code). Array-map lookups and `bpf_jiffies64` are\n  inlined by the verifier and cost no call. The empty floor program makes none.\n- **Addresses travel as words.** The BPF backend splits a `[u8; 16]` into\n  sixteen scalars, so parsing, masking and hashing an address cost hundreds of\n  instructions; a profile of the JIT image (`perf record -e cpu-clock`, mapped\n  to source lines through the program's line info) showed it as the largest\n  part. Addresses are two native-order words (`abi::Addr`). Experimental\n  builds measured here: S1 144 -> 103 ns, S2 84 -> 60 ns, S3 100 -> 70 ns.\n- **The clock is read once per tick.** `bpf_ktime_get_coarse_ns` only moves\n  with the tick, so each CPU caches it against `jiffies` (an inlined load):\n  about 15 ns off every metered packet.\n- **S1: a /24 summary of the IPv4 lists.** Legitimate traffic used to miss one\n  hash probe per prefix length in use (/32 and /24 here). One bit per /24 and\n  list (`V4_SLASH24`, an array map) says whether the /24 holds any entry of /24\n  or longer; a clear bit skips those probes. The agent maintains it beside the\n  prefix-length counts and rewrites it whole when it re-adopts pinned maps; the\n  reference model computes it from the entries, so the differential tests check\n  it. S1 went from about 95 to 55 ns.\n- **S2** costs one hash probe: the kernel's hash code (`htab_map_hash`,\n  `lookup_nulls_elem_raw`, `memcmp`, each a call and a return) is about a third\n  of its cost above the floor, which keeps it near 3x the floor, the target\n  with the least margin. At 1M entries the map has about one entry per bucket,\n  so the probe walks a longer chain: the few ns between 1 and 1M entries. The\n  way under it is a list table in an array map, whose lookups the verifier\n  inlines. Two versions were built and did not load. Probed inline (two-choice\n  buckets of four slots), the verifier walks the probe once per prefix length\n  in use, for each list and family, and passed its limit of one million\n  instructions, even with a branch-free bucket scan and 8 lengths instead of\n  44. As a global BPF function, verified once (`bpf-linker --export` keeps its\n  BTF linkage global), the verifier refused a misaligned stack store in the\n  caller: with a call in the program, LLVM merged two 16-bit stores of the\n  parsed packet into one 32-bit store at a 2-byte-aligned slot (the target\n  feature that allows misaligned packet loads allows it on the stack too).\n  The next step is that global function with the parsed packet's stores kept\n  aligned.\n- **S4 / S3: the rate table is sized to the cache.** A spoofed flood reads a\n  random set of the rate table on every packet. At the default 16,384 sets\n  (65,536 sources, 2.5 MiB with the overflow buckets) those reads stay in cache;\n  the row for a table four times larger shows what a cache and TLB miss per\n  packet costs. A spoofed flood fills a table of any size within milliseconds,\n  so a larger table buys room for legitimate sources in calm times, not\n  resilience under attack; sources already tracked keep their buckets (S5).\n- **Throughput vs the nftables meter** follows the per-packet cost: the\n  generator is not the limit, the receiving CPU is. The spoofed flood's\n  throughput is low for every filter because its packets pass: each new source\n  starts with a full bucket, so they go up the receiving stack.\n- The lookup cost does not grow with the list (S2 at 1M entries costs the same\n  as at 1), which is the property the design was chosen for.\n- **S6:** the import inserts in key order and writes batches to the kernel from\n  two threads; the feed swap computes its changes with sorted merges and looks\n  each arrival up once. Memory freed by a bulk change is returned to the system\n  (`malloc_trim`), so resident memory shows what the agent holds. After the\n  feed the agent holds two million entries (the import and the feed), which is\n  why its resident memory roughly doubles there.\n\n## Legitimate client (S5)\n\nA real service (Python's HTTP server) in the server namespace behind the agent,\nwith a `web` policy of 200 packets/s per source on its port. A client makes\nsequential requests with curl from its own address: without attack, during an\nhping3 SYN flood from one source over its limit (S3), and during a SYN flood\nwith a random source on every packet (S4). `flood dropped` is what the rate\nlimit dropped while the client ran, so the flood was there.\n\n{s5}\n## Control plane (S6)\n\nA live agent in a namespace: `rampart block import` of a generated file (4/5\naddresses, 1/5 /24s) through the control socket and batch map updates; the\nagent's resident memory after it; `rampart block add` timed end to end (the map\nis updated before the command returns, and a packet sent right after is checked\nto be dropped); a one-million-entry feed file applied with `rampart feeds\nrefresh` (fetch, parse, guards, staged swap); `/metrics` fetched ten times\nduring an hping3 SYN flood. The agent is the release build. Times include\nstarting the `rampart`/`curl` process.\n\nRaw figures: [bench-results.json](bench-results.json).",
         s5 = s5_table(v),
         verdict = verdict(v)
     );
