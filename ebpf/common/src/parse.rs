@@ -64,19 +64,22 @@ pub struct Source {
     pub family: u8,
 }
 
-/// The fields the decision needs.
+/// The fields the decision needs. The ports come first after the addresses,
+/// at a 4-byte-aligned offset: LLVM may merge the two 16-bit stores into one
+/// 32-bit store, which the verifier refuses on the stack unless aligned (seen
+/// once the program makes a BPF-to-BPF call).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Packet {
     pub src: Source,
     pub dst: Addr,
+    pub sport: u16,
+    /// Destination port; for ICMP and ICMPv6 the message type.
+    pub dport: u16,
     /// The transport protocol (after IPv6 extension headers).
     pub proto: u8,
     /// A fragment other than the first: it has no transport header.
     pub later_fragment: bool,
-    pub sport: u16,
-    /// Destination port; for ICMP and ICMPv6 the message type.
-    pub dport: u16,
 }
 
 #[inline(always)]
