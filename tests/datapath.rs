@@ -376,7 +376,7 @@ fn a_large_batch_lands_whole() {
         expires_ns: u64::from(i) + 1,
         ..ListEntry::default()
     };
-    let items: Vec<_> = (0..n).map(|i| (host(i), entry(i), true)).collect();
+    let items: Vec<_> = (0..n).map(|i| (host(i), entry(i))).collect();
     dp.list_insert_many(List::Block, &items)
         .expect("batch insert");
     let mut listed = dp.list_entries(List::Block).expect("entries");
@@ -451,7 +451,7 @@ fn batch_changes_and_pinned_maps_keep_the_slash24_summary() {
         let mut dp = Datapath::load(test_capacities(), Some(&pins)).expect("load");
         let items: Vec<_> = ["198.18.7.1", "198.18.7.2", "198.18.7.3", "198.18.8.1"]
             .iter()
-            .map(|s| (host(s), ListEntry::default(), true))
+            .map(|s| (host(s), ListEntry::default()))
             .collect();
         dp.list_insert_many(List::Block, &items)
             .expect("batch insert");
@@ -478,4 +478,94 @@ fn batch_changes_and_pinned_maps_keep_the_slash24_summary() {
     assert_eq!(verdict(&dp, "198.18.7.1"), PASS);
     drop(dp);
     let _ = std::fs::remove_dir_all(&pins);
+}
+
+/// A key whose two buckets are both full goes to its table's spill map and
+/// its bucket's spill flag is set: the program must still find it, find the
+/// spilled keys once their neighbours in the slots are gone, and stop
+/// finding each one removed. Keys are chosen so both buckets are bucket 0,
+/// with the seed and geometry the loaded data plane uses.
+#[test]
+fn keys_of_full_buckets_spill_and_still_match() {
+    use rampart::{datapath::Datapath, prefix::Prefix};
+    use rampart_common::{
+        abi::list_table_index,
+        addr::{v4_key, v6_key},
+        list_table::{TableKey, WAYS, buckets},
+    };
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    let caps = rampart::datapath::Capacities {
+        block_v4: 8,
+        block_v6: 8,
+        ..test_capacities()
+    };
+    let mut dp = Datapath::load(caps, None).expect("load the XDP program (run as root)");
+    let seed = dp.config().hash_seed;
+    let masks = dp.config().list_masks;
+    let crowded = |v6: bool| -> Vec<IpAddr> {
+        let mask = masks[list_table_index(List::Block.index(), v6)];
+        (1u32..)
+            .map(|i| -> IpAddr {
+                if v6 {
+                    Ipv6Addr::from(0x2001_0db8_0005_u128 << 80 | u128::from(i)).into()
+                } else {
+                    Ipv4Addr::from(0xc612_0000 + i).into()
+                }
+            })
+            .filter(|a| {
+                let hash = match a {
+                    IpAddr::V4(a) => v4_key(a.octets(), 32).table_hash(seed),
+                    IpAddr::V6(a) => v6_key(rampart_common::abi::Addr::from_bytes(a.octets()), 128)
+                        .table_hash(seed),
+                };
+                buckets(hash, mask) == [0, 0]
+            })
+            .take(WAYS as usize + 3)
+            .collect()
+    };
+    let verdict = |dp: &Datapath, a: &IpAddr| {
+        let server = if a.is_ipv4() { SERVER } else { SERVER6 };
+        dp.test_run(&F::tcp(&a.to_string(), server).build())
+            .expect("test run")
+    };
+    for v6 in [false, true] {
+        let addrs = crowded(v6);
+        let (held, spilled) = addrs.split_at(WAYS as usize);
+        let (outsider, spilled) = spilled.split_last().expect("an outsider");
+        for a in held.iter().chain(spilled) {
+            dp.list_insert(List::Block, &Prefix::host(*a), ListEntry::default())
+                .expect("insert");
+        }
+        let family = |(v4, v6n): (u64, u64)| if v6 { v6n } else { v4 };
+        assert_eq!(family(dp.list_spilled(List::Block)), spilled.len() as u64);
+        for a in held.iter().chain(spilled) {
+            assert_eq!(verdict(&dp, a), XDP_DROP, "{a} is listed");
+        }
+        assert_eq!(
+            verdict(&dp, outsider),
+            XDP_PASS,
+            "{outsider} shares the buckets only"
+        );
+        // The slots empty; the spilled keys stay found.
+        for a in held {
+            assert!(
+                dp.list_remove(List::Block, &Prefix::host(*a))
+                    .expect("remove")
+            );
+            assert_eq!(verdict(&dp, a), XDP_PASS, "{a} was removed");
+        }
+        for a in spilled {
+            assert_eq!(verdict(&dp, a), XDP_DROP, "{a} is still listed");
+        }
+        for a in spilled {
+            assert!(
+                dp.list_remove(List::Block, &Prefix::host(*a))
+                    .expect("remove")
+            );
+            assert_eq!(verdict(&dp, a), XDP_PASS, "{a} was removed");
+        }
+        assert_eq!(family(dp.list_spilled(List::Block)), 0);
+        assert!(dp.list_entries(List::Block).expect("entries").is_empty());
+    }
 }

@@ -439,7 +439,7 @@ impl Core {
         items.sort_by_key(|(p, _, _)| p.order_key());
         let mut batch = Vec::with_capacity(items.len());
         for (p, expires, reason) in items {
-            let (is_new, entry) = self.set_runtime(
+            let (_, entry) = self.set_runtime(
                 (kind, p),
                 Some(RuntimeEntry {
                     origin: origin.clone(),
@@ -449,7 +449,7 @@ impl Core {
                 }),
             );
             if let Some(entry) = entry {
-                batch.push((p, entry, is_new));
+                batch.push((p, entry));
             }
         }
         // One batch: a million entries in a few syscalls.

@@ -19,12 +19,17 @@ use rampart_common::{
     abi::{
         BanEntry, BucketSet, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, ListEntry,
         MAX_POLICIES, MAX_PREFIX_LENS, OverflowBucket, PROGRAM_NAME, Policy, PrefixLens, V4Key,
-        V6Key, config_flag, map_name, policy_flag, slash24, stat,
+        V6Key, config_flag, list_table_index, map_name, policy_flag, slash24, stat,
     },
     decide::{BanStarted, List, Tables},
+    list_table::{self, WAYS},
 };
 
-use crate::{prefix::Prefix, slash24::Slash24Summary};
+use crate::{
+    list_table::{ListTable, TableMaps},
+    prefix::Prefix,
+    slash24::Slash24Summary,
+};
 
 /// The XDP object, built by build.rs and embedded so one binary is enough.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rampart"));
@@ -53,6 +58,13 @@ pub struct Capacities {
     /// milliseconds, so more sets buy room for legitimate sources in calm
     /// times, not resilience under attack.
     pub rate_sets: u32,
+}
+
+impl Capacities {
+    /// The list capacities in `abi::list_table_index` order.
+    pub fn lists(&self) -> [u32; 4] {
+        [self.allow_v4, self.allow_v6, self.block_v4, self.block_v6]
+    }
 }
 
 impl Default for Capacities {
@@ -89,7 +101,7 @@ pub enum DatapathError {
     Invalid(String),
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+pub(crate) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
@@ -127,10 +139,10 @@ pub struct Datapath {
     counters: PerCpuArray<MapData, Counter>,
     counters_fd: OwnedFd,
     stats: PerCpuArray<MapData, u64>,
-    allow_v4: HashMap<MapData, V4Key, ListEntry>,
-    allow_v6: HashMap<MapData, V6Key, ListEntry>,
-    block_v4: HashMap<MapData, V4Key, ListEntry>,
-    block_v6: HashMap<MapData, V6Key, ListEntry>,
+    allow_v4: ListTable<V4Key>,
+    allow_v6: ListTable<V6Key>,
+    block_v4: ListTable<V4Key>,
+    block_v6: ListTable<V6Key>,
     bans_v4: HashMap<MapData, V4Key, BanEntry>,
     bans_v6: HashMap<MapData, V6Key, BanEntry>,
     policies: Array<MapData, Policy>,
@@ -144,23 +156,39 @@ pub struct Datapath {
     policy_cache: Vec<Policy>,
     /// The XDP program's name in the object.
     program: &'static str,
-    /// Duplicated fds of the list maps, for batch updates (aya has none).
-    list_fds: ListFds,
     slash24: Slash24Summary,
     slash24_map: Array<MapData, u64>,
+    /// A duplicate of the summary map's fd, for batch updates (aya has none).
+    slash24_fd: OwnedFd,
 }
 
-/// Raw fds of the four list maps and their IPv4 /24 summary.
-struct ListFds {
-    allow_v4: OwnedFd,
-    allow_v6: OwnedFd,
-    block_v4: OwnedFd,
-    block_v6: OwnedFd,
-    slash24: OwnedFd,
-}
+/// The list tables' maps: (slots, spill, spill flags) per table, in
+/// `list_table_index` order.
+const LIST_TABLES: [(&str, &str, &str); 4] = [
+    (
+        map_name::ALLOW_V4,
+        map_name::ALLOW_V4_SPILL,
+        map_name::ALLOW_V4_SPFLAG,
+    ),
+    (
+        map_name::ALLOW_V6,
+        map_name::ALLOW_V6_SPILL,
+        map_name::ALLOW_V6_SPFLAG,
+    ),
+    (
+        map_name::BLOCK_V4,
+        map_name::BLOCK_V4_SPILL,
+        map_name::BLOCK_V4_SPFLAG,
+    ),
+    (
+        map_name::BLOCK_V6,
+        map_name::BLOCK_V6_SPILL,
+        map_name::BLOCK_V6_SPFLAG,
+    ),
+];
 
 /// Names of every map, with the pin file each has under a pin directory.
-pub const MAP_NAMES: [&str; 18] = [
+pub const MAP_NAMES: [&str; 26] = [
     map_name::CONFIG,
     map_name::CONFIG_ACTIVE,
     map_name::IFACE_SLOTS,
@@ -170,6 +198,14 @@ pub const MAP_NAMES: [&str; 18] = [
     map_name::ALLOW_V6,
     map_name::BLOCK_V4,
     map_name::BLOCK_V6,
+    map_name::ALLOW_V4_SPILL,
+    map_name::ALLOW_V6_SPILL,
+    map_name::BLOCK_V4_SPILL,
+    map_name::BLOCK_V6_SPILL,
+    map_name::ALLOW_V4_SPFLAG,
+    map_name::ALLOW_V6_SPFLAG,
+    map_name::BLOCK_V4_SPFLAG,
+    map_name::BLOCK_V6_SPFLAG,
     map_name::BANS_V4,
     map_name::BANS_V6,
     map_name::POLICIES,
@@ -209,11 +245,14 @@ impl Datapath {
             None => Vec::new(),
         };
         let mut loader = EbpfLoader::new();
+        for ((slots, spill, flags), cap) in LIST_TABLES.iter().zip(capacities.lists()) {
+            let buckets = list_table::buckets_for(cap);
+            loader
+                .map_max_entries(slots, buckets * WAYS)
+                .map_max_entries(spill, cap.max(1))
+                .map_max_entries(flags, list_table::flag_words(buckets));
+        }
         loader
-            .map_max_entries(map_name::ALLOW_V4, capacities.allow_v4)
-            .map_max_entries(map_name::ALLOW_V6, capacities.allow_v6)
-            .map_max_entries(map_name::BLOCK_V4, capacities.block_v4)
-            .map_max_entries(map_name::BLOCK_V6, capacities.block_v6)
             .map_max_entries(map_name::BANS_V4, capacities.bans_v4)
             .map_max_entries(map_name::BANS_V6, capacities.bans_v6)
             .map_max_entries(map_name::RATE_SETS, rate_sets)
@@ -238,32 +277,25 @@ impl Datapath {
                     .map_err(map_err($name))?
             };
         }
-        // The list maps' fds are duplicated before typing, for batch updates.
+        // Array maps' fds are duplicated before typing, for batch updates.
         macro_rules! take_with_fd {
             ($name:expr) => {{
                 let map = ebpf.take_map($name).ok_or_else(|| {
                     DatapathError::Invalid(format!("the object has no map {}", $name))
                 })?;
                 let fd = match &map {
-                    aya::maps::Map::HashMap(d) | aya::maps::Map::Array(d) => {
+                    aya::maps::Map::Array(d) => {
                         d.fd().as_fd().try_clone_to_owned().map_err(|e| {
                             DatapathError::Invalid(format!("duplicating the fd of {}: {e}", $name))
                         })?
                     }
                     _ => {
-                        return Err(DatapathError::Invalid(format!(
-                            "{} is not a hash map or an array",
-                            $name
-                        )));
+                        return Err(DatapathError::Invalid(format!("{} is not an array", $name)));
                     }
                 };
                 (map.try_into().map_err(map_err($name))?, fd)
             }};
         }
-        let (allow_v4, allow_v4_fd) = take_with_fd!(map_name::ALLOW_V4);
-        let (allow_v6, allow_v6_fd) = take_with_fd!(map_name::ALLOW_V6);
-        let (block_v4, block_v4_fd) = take_with_fd!(map_name::BLOCK_V4);
-        let (block_v6, block_v6_fd) = take_with_fd!(map_name::BLOCK_V6);
         let (slash24_map, slash24_fd) = take_with_fd!(map_name::V4_SLASH24);
         // The counters' fd too, to read all CPUs' counters in one syscall.
         let counters_map = ebpf.take_map(map_name::COUNTERS).ok_or_else(|| {
@@ -291,6 +323,33 @@ impl Datapath {
         let config = config_maps
             .get(&active, 0)
             .map_err(map_err(map_name::CONFIG))?;
+        // A fresh (not re-adopted) data plane gets a new seed, before any
+        // list key is placed with it.
+        let fresh = config.rate_set_mask == 0 || config.hash_seed == 0;
+        let seed = if fresh {
+            random_seed()
+        } else {
+            config.hash_seed
+        };
+        macro_rules! table {
+            ($index:expr) => {{
+                let (slots, spill, flags) = LIST_TABLES[$index];
+                let (slots_map, slots_fd) = take_with_fd!(slots);
+                let (flags_map, flags_fd) = take_with_fd!(flags);
+                let maps = TableMaps {
+                    slots: slots_map,
+                    slots_fd,
+                    spill: take!(spill),
+                    flags: flags_map,
+                    flags_fd,
+                };
+                ListTable::adopt(slots, maps, seed, capacities.lists()[$index])?
+            }};
+        }
+        let (allow_v4, keys_a4) = table!(list_table_index(List::Allow.index(), false));
+        let (allow_v6, keys_a6) = table!(list_table_index(List::Allow.index(), true));
+        let (block_v4, keys_b4) = table!(list_table_index(List::Block.index(), false));
+        let (block_v6, keys_b6) = table!(list_table_index(List::Block.index(), true));
         let mut dp = Self {
             config,
             config_maps,
@@ -316,25 +375,24 @@ impl Datapath {
             capacities,
             policy_cache: Vec::new(),
             program,
-            list_fds: ListFds {
-                allow_v4: allow_v4_fd,
-                allow_v6: allow_v6_fd,
-                block_v4: block_v4_fd,
-                block_v6: block_v6_fd,
-                slash24: slash24_fd,
-            },
             slash24: Slash24Summary::default(),
             slash24_map,
+            slash24_fd,
         };
-        dp.recount_lens()?;
-        if dp.config.rate_set_mask == 0 || dp.config.hash_seed == 0 {
-            // A fresh (not re-adopted) data plane: size the hash and seed it.
-            let seed = random_seed();
-            dp.update_config(|c| {
+        let masks = [
+            dp.allow_v4.mask(),
+            dp.allow_v6.mask(),
+            dp.block_v4.mask(),
+            dp.block_v6.mask(),
+        ];
+        dp.update_config(|c| {
+            if fresh {
                 c.rate_set_mask = rate_sets - 1;
                 c.hash_seed = seed;
-            })?;
-        }
+            }
+            c.list_masks = masks;
+        })?;
+        dp.recount_lens(&keys_a4, &keys_a6, &keys_b4, &keys_b6)?;
         Ok(dp)
     }
 
@@ -408,41 +466,37 @@ impl Datapath {
         Ok(())
     }
 
-    /// Rebuilds the prefix-length counts from the tables (after re-adopting
-    /// pinned maps) and republishes them.
-    fn recount_lens(&mut self) -> Result<(), DatapathError> {
+    /// Rebuilds the prefix-length counts and the /24 summary from the keys
+    /// the tables hold (after re-adopting pinned maps) and republishes them.
+    fn recount_lens(
+        &mut self,
+        allow_v4: &[V4Key],
+        allow_v6: &[V6Key],
+        block_v4: &[V4Key],
+        block_v6: &[V6Key],
+    ) -> Result<(), DatapathError> {
         let mut allow = LenCounts::default();
         let mut block = LenCounts::default();
         let mut summary = Slash24Summary::default();
-        for k in self.allow_v4.keys() {
-            let k = k.map_err(map_err(map_name::ALLOW_V4))?;
-            *allow.v4.entry(k.prefix_len as u8).or_default() += 1;
-            summary.add(List::Allow, &k);
-        }
-        for k in self.allow_v6.keys() {
-            *allow
-                .v6
-                .entry(k.map_err(map_err(map_name::ALLOW_V6))?.prefix_len as u8)
-                .or_default() += 1;
-        }
-        for k in self.block_v4.keys() {
-            let k = k.map_err(map_err(map_name::BLOCK_V4))?;
-            *block.v4.entry(k.prefix_len as u8).or_default() += 1;
-            summary.add(List::Block, &k);
-        }
-        for k in self.block_v6.keys() {
-            *block
-                .v6
-                .entry(k.map_err(map_err(map_name::BLOCK_V6))?.prefix_len as u8)
-                .or_default() += 1;
+        for (list, counts, v4, v6) in [
+            (List::Allow, &mut allow, allow_v4, allow_v6),
+            (List::Block, &mut block, block_v4, block_v6),
+        ] {
+            for k in v4 {
+                *counts.v4.entry(k.prefix_len as u8).or_default() += 1;
+                summary.add(list, k);
+            }
+            for k in v6 {
+                *counts.v6.entry(k.prefix_len as u8).or_default() += 1;
+            }
         }
         self.allow_lens = allow;
         self.block_lens = block;
-        // Written whole: pinned maps may come from an agent that kept no
-        // summary, or one that stopped between an entry and its bit.
+        // Written whole: pinned maps may come from an agent that stopped
+        // between an entry and its bit.
         let words = summary.all_words();
         let index: Vec<u32> = (0..slash24::WORDS).collect();
-        batch_update(&self.list_fds.slash24, &index, &words)?;
+        batch_update(&self.slash24_fd, &index, &words)?;
         self.slash24 = summary;
         self.publish(self.config)
     }
@@ -451,7 +505,7 @@ impl Datapath {
     /// went in, or came out).
     fn flush_slash24(&mut self) -> Result<(), DatapathError> {
         let (index, words): (Vec<u32>, Vec<u64>) = self.slash24.take_dirty().into_iter().unzip();
-        batch_update(&self.list_fds.slash24, &index, &words)
+        batch_update(&self.slash24_fd, &index, &words)
     }
 
     fn lens_mut(&mut self, list: List) -> &mut LenCounts {
@@ -461,150 +515,128 @@ impl Datapath {
         }
     }
 
-    /// Adds or replaces a list entry. The entry is in the table before its
-    /// prefix length is published, so it is never half visible.
+    fn tables(&self, list: List) -> (&ListTable<V4Key>, &ListTable<V6Key>) {
+        match list {
+            List::Allow => (&self.allow_v4, &self.allow_v6),
+            List::Block => (&self.block_v4, &self.block_v6),
+        }
+    }
+
+    fn tables_mut(&mut self, list: List) -> (&mut ListTable<V4Key>, &mut ListTable<V6Key>) {
+        match list {
+            List::Allow => (&mut self.allow_v4, &mut self.allow_v6),
+            List::Block => (&mut self.block_v4, &mut self.block_v6),
+        }
+    }
+
+    /// Adds or replaces a list entry.
     pub fn list_insert(
         &mut self,
         list: List,
         prefix: &Prefix,
         entry: ListEntry,
     ) -> Result<(), DatapathError> {
-        let v4 = prefix.is_ipv4();
-        let lens = self.lens_mut(list).family(v4);
-        if !lens.contains_key(&prefix.prefix_len()) && lens.len() >= MAX_PREFIX_LENS {
-            return Err(DatapathError::Invalid(format!(
-                "{prefix}: a list can hold at most {MAX_PREFIX_LENS} distinct IPv6 prefix lengths"
-            )));
-        }
-        let existed = self.list_get(list, prefix)?.is_some();
-        match (list, prefix.v4_key(), prefix.v6_key()) {
-            (List::Allow, Some(k), _) => self
-                .allow_v4
-                .insert(k, entry, 0)
-                .map_err(map_err(map_name::ALLOW_V4)),
-            (List::Allow, _, Some(k)) => self
-                .allow_v6
-                .insert(k, entry, 0)
-                .map_err(map_err(map_name::ALLOW_V6)),
-            (List::Block, Some(k), _) => self
-                .block_v4
-                .insert(k, entry, 0)
-                .map_err(map_err(map_name::BLOCK_V4)),
-            (List::Block, _, Some(k)) => self
-                .block_v6
-                .insert(k, entry, 0)
-                .map_err(map_err(map_name::BLOCK_V6)),
-            _ => unreachable_family(),
-        }?;
-        if !existed {
-            if let Some(k) = prefix.v4_key() {
-                self.slash24.add(list, &k);
-                self.flush_slash24()?;
-            }
-            let lens = self.lens_mut(list).family(v4);
-            let n = lens.entry(prefix.prefix_len()).or_default();
-            *n += 1;
-            if *n == 1 {
-                self.publish(self.config)?;
-            }
-        }
-        Ok(())
+        self.list_insert_many(list, &[(*prefix, entry)])
     }
 
     /// Adds or replaces many entries with batch map updates (one syscall per
-    /// 64k entries). Each item says whether the list did not hold it yet
-    /// (for the prefix-length counts); new lengths are published after the
-    /// entries are in, as with single inserts.
+    /// 64k entries). Entries are in their table before a new prefix length
+    /// or /24 bit is published, so none is ever half visible.
     pub fn list_insert_many(
         &mut self,
         list: List,
-        items: &[(Prefix, ListEntry, bool)],
+        items: &[(Prefix, ListEntry)],
     ) -> Result<(), DatapathError> {
-        let mut v4 = BTreeMap::new();
-        let mut v6 = BTreeMap::new();
-        for (p, _, is_new) in items {
-            let lens = if p.is_ipv4() { &mut v4 } else { &mut v6 };
-            if *is_new {
-                *lens.entry(p.prefix_len()).or_insert(0u64) += 1;
-            }
-        }
         let counts = self.lens_mut(list);
-        for (fam, add) in [(true, &v4), (false, &v6)] {
-            let have = counts.family(fam);
-            let distinct = have
-                .keys()
-                .chain(add.keys())
-                .collect::<std::collections::BTreeSet<_>>()
-                .len();
-            if distinct > MAX_PREFIX_LENS {
+        for v4 in [true, false] {
+            let have = counts.family(v4);
+            let mut lens: std::collections::BTreeSet<u8> = have.keys().copied().collect();
+            lens.extend(
+                items
+                    .iter()
+                    .filter(|(p, _)| p.is_ipv4() == v4)
+                    .map(|(p, _)| p.prefix_len()),
+            );
+            if lens.len() > MAX_PREFIX_LENS {
                 return Err(DatapathError::Invalid(format!(
-                    "a list can hold at most {MAX_PREFIX_LENS} distinct prefix lengths per family"
+                    "a list can hold at most {MAX_PREFIX_LENS} distinct prefix lengths per family, \
+                     this change would make it {}",
+                    lens.len()
                 )));
             }
         }
-        let (k4, e4): (Vec<V4Key>, Vec<ListEntry>) = items
+        let v4: Vec<(V4Key, ListEntry)> = items
             .iter()
-            .filter_map(|(p, e, _)| p.v4_key().map(|k| (k, *e)))
-            .unzip();
-        let (k6, e6): (Vec<V6Key>, Vec<ListEntry>) = items
+            .filter_map(|(p, e)| p.v4_key().map(|k| (k, *e)))
+            .collect();
+        let v6: Vec<(V6Key, ListEntry)> = items
             .iter()
-            .filter_map(|(p, e, _)| p.v6_key().map(|k| (k, *e)))
-            .unzip();
-        let (fd4, fd6) = match list {
-            List::Allow => (&self.list_fds.allow_v4, &self.list_fds.allow_v6),
-            List::Block => (&self.list_fds.block_v4, &self.list_fds.block_v6),
+            .filter_map(|(p, e)| p.v6_key().map(|k| (k, *e)))
+            .collect();
+        // Each family is counted as soon as its table took it, so a refused
+        // IPv6 part leaves the IPv4 part both in and visible.
+        let new4 = self.tables_mut(list).0.insert_many(&v4);
+        let mut added = BTreeMap::<(bool, u8), u64>::new();
+        if let Ok(new) = &new4 {
+            for ((k, _), _) in v4.iter().zip(new).filter(|(_, n)| **n) {
+                self.slash24.add(list, k);
+                *added.entry((true, k.prefix_len as u8)).or_default() += 1;
+            }
+        }
+        let new6 = match new4 {
+            Ok(_) => self.tables_mut(list).1.insert_many(&v6),
+            Err(e) => Err(e),
         };
-        batch_update(fd4, &k4, &e4)?;
-        batch_update(fd6, &k6, &e6)?;
-        for (p, _, is_new) in items {
-            if let (true, Some(k)) = (*is_new, p.v4_key()) {
-                self.slash24.add(list, &k);
+        if let Ok(new) = &new6 {
+            for ((k, _), _) in v6.iter().zip(new).filter(|(_, n)| **n) {
+                *added.entry((false, k.prefix_len as u8)).or_default() += 1;
             }
         }
         self.flush_slash24()?;
         let counts = self.lens_mut(list);
         let mut new_len = false;
-        for (fam, add) in [(true, v4), (false, v6)] {
-            let have = counts.family(fam);
-            for (len, n) in add {
-                let c = have.entry(len).or_default();
-                new_len |= *c == 0;
-                *c += n;
-            }
+        for ((v4, len), n) in added {
+            let c = counts.family(v4).entry(len).or_default();
+            new_len |= *c == 0;
+            *c += n;
         }
         if new_len {
             self.publish(self.config)?;
         }
-        Ok(())
+        new6.map(|_| ())
     }
 
-    /// Removes many entries that are in the list, with batch deletes; the
-    /// prefix lengths they leave unused are withdrawn afterwards.
+    /// Removes entries (those not in the list are skipped); the prefix
+    /// lengths and /24 bits they leave unused are withdrawn afterwards.
     pub fn list_remove_many(
         &mut self,
         list: List,
         prefixes: &[Prefix],
-    ) -> Result<(), DatapathError> {
+    ) -> Result<u64, DatapathError> {
         let k4: Vec<V4Key> = prefixes.iter().filter_map(Prefix::v4_key).collect();
         let k6: Vec<V6Key> = prefixes.iter().filter_map(Prefix::v6_key).collect();
-        let (fd4, fd6) = match list {
-            List::Allow => (&self.list_fds.allow_v4, &self.list_fds.allow_v6),
-            List::Block => (&self.list_fds.block_v4, &self.list_fds.block_v6),
-        };
-        batch_delete(fd4, &k4)?;
-        batch_delete(fd6, &k6)?;
-        for k in &k4 {
+        let (t4, t6) = self.tables_mut(list);
+        let gone4 = t4.remove_many(&k4)?;
+        let gone6 = t6.remove_many(&k6)?;
+        let mut removed = BTreeMap::<(bool, u8), u64>::new();
+        for (k, _) in k4.iter().zip(&gone4).filter(|(_, g)| **g) {
             self.slash24.remove(list, k);
+            *removed.entry((true, k.prefix_len as u8)).or_default() += 1;
+        }
+        for (k, _) in k6.iter().zip(&gone6).filter(|(_, g)| **g) {
+            *removed.entry((false, k.prefix_len as u8)).or_default() += 1;
         }
         self.flush_slash24()?;
         let counts = self.lens_mut(list);
         let mut gone = false;
-        for p in prefixes {
-            let lens = counts.family(p.is_ipv4());
-            if let Some(n) = lens.get_mut(&p.prefix_len()) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    lens.remove(&p.prefix_len());
+        let mut total = 0;
+        for ((v4, len), n) in removed {
+            total += n;
+            let lens = counts.family(v4);
+            if let Some(c) = lens.get_mut(&len) {
+                *c = c.saturating_sub(n);
+                if *c == 0 {
+                    lens.remove(&len);
                     gone = true;
                 }
             }
@@ -612,7 +644,7 @@ impl Datapath {
         if gone {
             self.publish(self.config)?;
         }
-        Ok(())
+        Ok(total)
     }
 
     /// The list generation in force (0 or 1; see `config_flag::LIST_GEN1`).
@@ -625,44 +657,9 @@ impl Datapath {
         self.update_config(|c| c.flags ^= config_flag::LIST_GEN1)
     }
 
-    /// Removes a list entry; false if it was not there. The prefix length is
-    /// withdrawn only after its last entry is gone.
+    /// Removes a list entry; false if it was not there.
     pub fn list_remove(&mut self, list: List, prefix: &Prefix) -> Result<bool, DatapathError> {
-        if self.list_get(list, prefix)?.is_none() {
-            return Ok(false);
-        }
-        match (list, prefix.v4_key(), prefix.v6_key()) {
-            (List::Allow, Some(k), _) => self
-                .allow_v4
-                .remove(&k)
-                .map_err(map_err(map_name::ALLOW_V4)),
-            (List::Allow, _, Some(k)) => self
-                .allow_v6
-                .remove(&k)
-                .map_err(map_err(map_name::ALLOW_V6)),
-            (List::Block, Some(k), _) => self
-                .block_v4
-                .remove(&k)
-                .map_err(map_err(map_name::BLOCK_V4)),
-            (List::Block, _, Some(k)) => self
-                .block_v6
-                .remove(&k)
-                .map_err(map_err(map_name::BLOCK_V6)),
-            _ => unreachable_family(),
-        }?;
-        if let Some(k) = prefix.v4_key() {
-            self.slash24.remove(list, &k);
-            self.flush_slash24()?;
-        }
-        let lens = self.lens_mut(list).family(prefix.is_ipv4());
-        if let Some(n) = lens.get_mut(&prefix.prefix_len()) {
-            *n -= 1;
-            if *n == 0 {
-                lens.remove(&prefix.prefix_len());
-                self.publish(self.config)?;
-            }
-        }
-        Ok(true)
+        Ok(self.list_remove_many(list, std::slice::from_ref(prefix))? == 1)
     }
 
     pub fn list_get(
@@ -670,36 +667,35 @@ impl Datapath {
         list: List,
         prefix: &Prefix,
     ) -> Result<Option<ListEntry>, DatapathError> {
-        let r = match (list, prefix.v4_key(), prefix.v6_key()) {
-            (List::Allow, Some(k), _) => self.allow_v4.get(&k, 0),
-            (List::Allow, _, Some(k)) => self.allow_v6.get(&k, 0),
-            (List::Block, Some(k), _) => self.block_v4.get(&k, 0),
-            (List::Block, _, Some(k)) => self.block_v6.get(&k, 0),
-            _ => return unreachable_family(),
-        };
-        match r {
-            Ok(e) => Ok(Some(e)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err("list")(e)),
+        let (t4, t6) = self.tables(list);
+        match (prefix.v4_key(), prefix.v6_key()) {
+            (Some(k), _) => t4.get(&k),
+            (_, Some(k)) => t6.get(&k),
+            _ => unreachable_family(),
         }
     }
 
     /// Every entry of a list.
     pub fn list_entries(&self, list: List) -> Result<Vec<(Prefix, ListEntry)>, DatapathError> {
-        let (m4, m6) = match list {
-            List::Allow => (&self.allow_v4, &self.allow_v6),
-            List::Block => (&self.block_v4, &self.block_v6),
-        };
-        let mut out = Vec::new();
-        for kv in m4.iter() {
-            let (k, v) = kv.map_err(map_err("list"))?;
-            out.push((Prefix::from_v4_key(&k), v));
-        }
-        for kv in m6.iter() {
-            let (k, v) = kv.map_err(map_err("list"))?;
-            out.push((Prefix::from_v6_key(&k), v));
-        }
+        let (t4, t6) = self.tables(list);
+        let mut out: Vec<(Prefix, ListEntry)> = t4
+            .entries()?
+            .iter()
+            .map(|(k, e)| (Prefix::from_v4_key(k), *e))
+            .collect();
+        out.extend(
+            t6.entries()?
+                .iter()
+                .map(|(k, e)| (Prefix::from_v6_key(k), *e)),
+        );
         Ok(out)
+    }
+
+    /// Entries of a list's tables that found both their buckets full and
+    /// sit in the spill maps (v4, v6).
+    pub fn list_spilled(&self, list: List) -> (u64, u64) {
+        let (t4, t6) = self.tables(list);
+        (t4.spilled(), t6.spilled())
     }
 
     /// Number of entries of a list, per family (v4, v6).
@@ -954,17 +950,11 @@ fn found<V>(r: Result<V, MapError>) -> Option<V> {
 
 impl Tables for ReadOnlyView<'_> {
     fn list_v4(&self, list: List, key: &V4Key) -> Option<ListEntry> {
-        found(match list {
-            List::Allow => self.0.allow_v4.get(key, 0),
-            List::Block => self.0.block_v4.get(key, 0),
-        })
+        self.0.tables(list).0.get(key).ok().flatten()
     }
 
     fn list_v6(&self, list: List, key: &V6Key) -> Option<ListEntry> {
-        found(match list {
-            List::Allow => self.0.allow_v6.get(key, 0),
-            List::Block => self.0.block_v6.get(key, 0),
-        })
+        self.0.tables(list).1.get(key).ok().flatten()
     }
 
     /// The kernel's summary word, so an explanation shows what the program
@@ -1061,17 +1051,25 @@ unsafe fn bpf_cmd<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<()> {
 }
 
 /// Map updates in batches of 64k with `BPF_MAP_UPDATE_BATCH` (Linux 5.6),
-/// from up to [`UPDATE_THREADS`] threads: a hash insert mostly waits on
-/// cache misses in the kernel's table, and the kernel locks per bucket, so
-/// a large batch goes about twice as fast on two CPUs.
-fn batch_update<K: aya::Pod + Sync, V: aya::Pod + Sync>(
+/// from up to [`UPDATE_THREADS`] threads: a write mostly waits on cache
+/// misses in a table far larger than the cache, and the kernel takes no
+/// table-wide lock, so a large batch goes faster on two CPUs.
+pub(crate) fn batch_update<K: aya::Pod + Sync, V: aya::Pod + Sync>(
     fd: &OwnedFd,
     keys: &[K],
     values: &[V],
 ) -> Result<(), DatapathError> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .clamp(1, UPDATE_THREADS);
+    if keys.is_empty() {
+        return Ok(());
+    }
+    // Asked once: the answer reads cgroup files, which would cost more than
+    // a small update itself.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads = *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, UPDATE_THREADS)
+    });
     let share = keys.len().div_ceil(threads).max(BATCH_CHUNK);
     if keys.len() <= share {
         return batch_update_serial(fd, keys, values);
@@ -1118,44 +1116,53 @@ fn batch_update_serial<K: aya::Pod, V: aya::Pod>(
 
 const BATCH_CHUNK: usize = 1 << 16;
 
-/// Deletes keys with BPF_MAP_DELETE_BATCH. A key that is already gone
-/// stops a batch (ENOENT); the rest of that chunk is then deleted one by one.
-fn batch_delete<K: aya::Pod>(fd: &OwnedFd, keys: &[K]) -> Result<(), DatapathError> {
-    /// The elem member of `union bpf_attr`.
-    #[repr(C)]
-    struct ElemAttr {
-        map_fd: u32,
-        pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-    for chunk in keys.chunks(BATCH_CHUNK) {
-        let mut attr = BatchAttr::new(fd, chunk.as_ptr() as u64, 0, chunk.len());
-        // SAFETY: attr points to `count` keys of the map's key type.
-        if unsafe { bpf_cmd(BPF_MAP_DELETE_BATCH, &mut attr) }.is_ok() {
-            continue;
+/// Reads every value of an array map with `BPF_MAP_LOOKUP_BATCH`, 64k at a
+/// time, handing each to `f` with its index.
+pub(crate) fn read_array<V: aya::Pod + Default>(
+    fd: &OwnedFd,
+    len: u32,
+    mut f: impl FnMut(u32, &V),
+) -> Result<(), DatapathError> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let chunk = BATCH_CHUNK.min(len as usize).max(1);
+    let mut keys = vec![0u32; chunk];
+    let mut values = vec![V::default(); chunk];
+    let mut next: Option<u32> = None;
+    loop {
+        let mut in_batch = next.unwrap_or(0);
+        let mut out_batch = 0u32;
+        let mut attr = BatchAttr::new(
+            fd,
+            keys.as_mut_ptr() as u64,
+            values.as_mut_ptr() as u64,
+            chunk,
+        );
+        if next.is_some() {
+            attr.in_batch = (&raw mut in_batch) as u64;
         }
-        let done = attr.count as usize;
-        for key in &chunk[done.min(chunk.len())..] {
-            let mut a = ElemAttr {
-                map_fd: fd.as_raw_fd() as u32,
-                pad: 0,
-                key: (key as *const K) as u64,
-                value: 0,
-                flags: 0,
-            };
-            // SAFETY: a points to one key of the map's key type.
-            if let Err(e) = unsafe { bpf_cmd(BPF_MAP_DELETE_ELEM, &mut a) } {
-                if e.raw_os_error() != Some(libc::ENOENT) {
-                    return Err(DatapathError::Invalid(format!("batch delete failed: {e}")));
-                }
+        attr.out_batch = (&raw mut out_batch) as u64;
+        // SAFETY: keys and values have room for `count` indexes and values
+        // of the map's types; in_batch and out_batch hold one index each.
+        let r = unsafe { bpf_cmd(BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        // The end of the array is reported as ENOENT with the entries read.
+        let end = match r {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => {
+                return Err(DatapathError::Invalid(format!(
+                    "reading a table back failed: {e}"
+                )));
             }
+        };
+        let n = (attr.count as usize).min(chunk);
+        for (k, v) in keys[..n].iter().zip(&values[..n]) {
+            f(*k, v);
         }
+        if end || n == 0 {
+            return Ok(());
+        }
+        next = Some(out_batch);
     }
-    Ok(())
 }
 
 fn lens_of(mut v: Vec<u8>) -> PrefixLens {

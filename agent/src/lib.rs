@@ -16,6 +16,7 @@ pub mod explain;
 pub mod feed;
 pub mod feeds;
 pub mod host;
+mod list_table;
 pub mod metrics;
 pub mod persist;
 pub mod policy;

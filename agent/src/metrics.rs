@@ -426,6 +426,23 @@ impl Metrics {
                 .with_label_values(&[map])
                 .set(i64::from(cap));
         }
+        // Keys whose two buckets were both full: a few per million entries
+        // is expected; many mean a table that is too small for its list.
+        let (sa4, sa6) = core.dp.list_spilled(rampart_common::decide::List::Allow);
+        let (sb4, sb6) = core.dp.list_spilled(rampart_common::decide::List::Block);
+        for (map, entries, cap) in [
+            (abi::map_name::ALLOW_V4_SPILL, sa4, caps.allow_v4),
+            (abi::map_name::ALLOW_V6_SPILL, sa6, caps.allow_v6),
+            (abi::map_name::BLOCK_V4_SPILL, sb4, caps.block_v4),
+            (abi::map_name::BLOCK_V6_SPILL, sb6, caps.block_v6),
+        ] {
+            self.map_entries
+                .with_label_values(&[map])
+                .set(entries as i64);
+            self.map_capacity
+                .with_label_values(&[map])
+                .set(i64::from(cap.max(1)));
+        }
         self.map_entries
             .with_label_values(&[abi::map_name::RATE_SETS])
             .set(core.rate_slots_used as i64);

@@ -125,12 +125,12 @@ impl Core {
                 continue;
             };
             if in_kernel {
-                staged.push((*p, entry, false));
+                staged.push((*p, entry));
             } else {
-                fresh.push((*p, entry, false));
+                fresh.push((*p, entry));
                 let mut hidden = entry;
                 hidden.flags |= hide_now;
-                staged.push((*p, hidden, true));
+                staged.push((*p, hidden));
             }
         }
         let mut gone = Vec::new();
@@ -141,10 +141,10 @@ impl Core {
                 s.feeds &= !bit;
             }
             match (self.kernel_entry(&key), before) {
-                (Some(entry), _) => staged.push((*p, entry, false)),
+                (Some(entry), _) => staged.push((*p, entry)),
                 (None, Some(mut entry)) => {
                     entry.flags |= hide_next;
-                    staged.push((*p, entry, false));
+                    staged.push((*p, entry));
                     gone.push(*p);
                 }
                 (None, None) => {}

@@ -6,7 +6,7 @@
 
 /// Bumped whenever a map's key or value layout changes; pins live under a
 /// directory named after it so an agent never adopts maps it cannot read.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Map names as the kernel and the pin directory see them (at most 15 bytes).
 pub mod map_name {
@@ -19,6 +19,16 @@ pub mod map_name {
     pub const ALLOW_V6: &str = "ALLOW_V6";
     pub const BLOCK_V4: &str = "BLOCK_V4";
     pub const BLOCK_V6: &str = "BLOCK_V6";
+    /// Each list table's spill hash map and spill flags
+    /// ([`crate::list_table`]).
+    pub const ALLOW_V4_SPILL: &str = "ALLOW_V4_SPILL";
+    pub const ALLOW_V6_SPILL: &str = "ALLOW_V6_SPILL";
+    pub const BLOCK_V4_SPILL: &str = "BLOCK_V4_SPILL";
+    pub const BLOCK_V6_SPILL: &str = "BLOCK_V6_SPILL";
+    pub const ALLOW_V4_SPFLAG: &str = "ALLOW_V4_SPFLAG";
+    pub const ALLOW_V6_SPFLAG: &str = "ALLOW_V6_SPFLAG";
+    pub const BLOCK_V4_SPFLAG: &str = "BLOCK_V4_SPFLAG";
+    pub const BLOCK_V6_SPFLAG: &str = "BLOCK_V6_SPFLAG";
     pub const BANS_V4: &str = "BANS_V4";
     pub const BANS_V6: &str = "BANS_V6";
     pub const POLICIES: &str = "POLICIES";
@@ -205,6 +215,16 @@ pub struct Config {
     /// Aggregation prefixes used by policies: the lengths bans are keyed by.
     pub ban_v4: PrefixLens,
     pub ban_v6: PrefixLens,
+    /// Bucket count minus one of each list table ([`crate::list_table`]),
+    /// indexed by [`list_table_index`]. List lookups hash with `hash_seed`.
+    pub list_masks: [u32; 4],
+}
+
+/// The index of a list table in [`Config::list_masks`]: allow v4, allow
+/// v6, block v4, block v6.
+#[inline(always)]
+pub const fn list_table_index(list: u32, v6: bool) -> usize {
+    (list * 2 + v6 as u32) as usize
 }
 
 /// A 16-byte address as it sits in memory, held as two native-order words
@@ -482,7 +502,7 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<PrefixLens>() == 48);
-    assert!(size_of::<Config>() == 32 + 6 * 48);
+    assert!(size_of::<Config>() == 32 + 6 * 48 + 16);
     assert!(size_of::<Addr>() == 16);
     assert!(size_of::<V4Key>() == 8);
     assert!(size_of::<V6Key>() == 24);

@@ -85,9 +85,9 @@ pub fn rate_hash(addr: &Addr, family: u8, policy: u16, prefix_len: u8, seed: u64
     h
 }
 
+/// The finaliser of splitmix64: every input bit moves about half the output bits.
 #[inline(always)]
-fn mix(mut x: u64) -> u64 {
-    // The finaliser of splitmix64.
+pub fn mix(mut x: u64) -> u64 {
     x ^= x >> 30;
     x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x ^= x >> 27;

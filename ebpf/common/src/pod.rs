@@ -1,8 +1,11 @@
 //! `aya::Pod` for the map types: they are `#[repr(C)]`, padding-free and made
 //! only of integers and byte arrays (see the size asserts in `abi`).
-use crate::abi::{
-    BanEntry, BucketSet, Config, Counter, Event, ListEntry, OverflowBucket, Policy, PrefixLens,
-    V4Key, V6Key,
+use crate::{
+    abi::{
+        BanEntry, BucketSet, Config, Counter, Event, ListEntry, OverflowBucket, Policy, PrefixLens,
+        V4Key, V6Key,
+    },
+    list_table::{V4Slot, V6Slot},
 };
 
 macro_rules! pod {
@@ -25,5 +28,7 @@ pod!(
     Policy,
     PrefixLens,
     V4Key,
+    V4Slot,
     V6Key,
+    V6Slot,
 );

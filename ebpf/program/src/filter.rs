@@ -25,7 +25,7 @@ pub fn filter(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let parsed = parse(&frame);
-    let verdict = decide(&BpfTables, cfg, &parsed, len, &now_ns);
+    let verdict = decide(&BpfTables { cfg }, cfg, &parsed, len, &now_ns);
     maps::sample(cfg, &parsed, &verdict, ifindex, len);
     record(ifindex, &verdict, len)
 }

@@ -1,8 +1,9 @@
 //! The program's maps and the `Tables` view of them used by the decision.
 //!
 //! Capacities here are defaults; the agent sets the real ones at load time.
-//! Allow, block and ban tables are plain hash maps, never LRU: an explicit
-//! block must never be evicted by a flood of new sources.
+//! The allow and block tables are arrays the agent places keys in
+//! (`rampart_common::list_table`), the ban tables plain hash maps; none is
+//! LRU: an explicit block must never be evicted by a flood of new sources.
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
@@ -13,9 +14,10 @@ use rampart_common::{
     abi::{
         Addr, BanEntry, BucketSet, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, Event,
         ListEntry, MAX_IFINDEX, MAX_POLICIES, OverflowBucket, Policy, V4Key, V6Key, action,
-        event_kind, slash24, stat,
+        event_kind, list_table_index, slash24, stat,
     },
     decide::{BanStarted, List, Tables, Verdict},
+    list_table::{self, V4Slot, V6Slot},
     parse::Parsed,
 };
 
@@ -30,13 +32,33 @@ pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTE
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[map]
-static ALLOW_V4: HashMap<V4Key, ListEntry> = HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
+static ALLOW_V4: Array<V4Slot> = Array::with_max_entries(1 << 17, 0);
 #[map]
-static ALLOW_V6: HashMap<V6Key, ListEntry> = HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
+static ALLOW_V6: Array<V6Slot> = Array::with_max_entries(1 << 17, 0);
 #[map]
-static BLOCK_V4: HashMap<V4Key, ListEntry> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+static BLOCK_V4: Array<V4Slot> = Array::with_max_entries(1 << 21, 0);
 #[map]
-static BLOCK_V6: HashMap<V6Key, ListEntry> = HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
+static BLOCK_V6: Array<V6Slot> = Array::with_max_entries(1 << 19, 0);
+#[map]
+static ALLOW_V4_SPILL: HashMap<V4Key, ListEntry> =
+    HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
+#[map]
+static ALLOW_V6_SPILL: HashMap<V6Key, ListEntry> =
+    HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
+#[map]
+static BLOCK_V4_SPILL: HashMap<V4Key, ListEntry> =
+    HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+#[map]
+static BLOCK_V6_SPILL: HashMap<V6Key, ListEntry> =
+    HashMap::with_max_entries(1 << 18, BPF_F_NO_PREALLOC);
+#[map]
+static ALLOW_V4_SPFLAG: Array<u64> = Array::with_max_entries(1 << 9, 0);
+#[map]
+static ALLOW_V6_SPFLAG: Array<u64> = Array::with_max_entries(1 << 9, 0);
+#[map]
+static BLOCK_V4_SPFLAG: Array<u64> = Array::with_max_entries(1 << 13, 0);
+#[map]
+static BLOCK_V6_SPFLAG: Array<u64> = Array::with_max_entries(1 << 11, 0);
 #[map]
 static V4_SLASH24: Array<u64> = Array::with_max_entries(slash24::WORDS, 0);
 #[map]
@@ -108,28 +130,118 @@ pub fn now_ns() -> u64 {
     }
 }
 
-pub struct BpfTables;
+/// Set in a probe's result when it found a live entry; the entry's flags
+/// are the rest.
+const FOUND: u32 = 1 << 31;
 
-impl Tables for BpfTables {
+/// Defines a list table's probe as a BPF global function: the verifier
+/// checks a global function once, for any arguments, where an inlined probe
+/// is checked again at every prefix length of every list, which is more than
+/// its budget allows. Exported by name in `build.rs`.
+///
+/// It returns [`FOUND`] and the entry's flags for a live entry, else 0: a
+/// scalar, because memory shared with the caller costs a copy each way. A
+/// key pointer may be null as far as the verifier knows, hence the check.
+macro_rules! list_probe {
+    ($name:ident, $key:ty, $slots:ident, $flags:ident, $spill:ident) => {
+        #[unsafe(no_mangle)]
+        #[inline(never)]
+        pub extern "C" fn $name(seed: u64, mask: u32, key: *const $key) -> u32 {
+            if key.is_null() {
+                return 0;
+            }
+            // SAFETY: non-null, and the verifier checked that the caller
+            // passed initialised memory of the key's size.
+            let key = unsafe { &*key };
+            let found = list_table::find(
+                key,
+                seed,
+                mask,
+                |i| $slots.get(i),
+                |w| $flags.get(w).copied(),
+                // SAFETY: copied out at once; a concurrent delete can at
+                // worst give a stale entry for this one packet.
+                |k| unsafe { $spill.get(k).copied() },
+            );
+            match found {
+                Some(entry) if entry.live(now_ns) => FOUND | entry.flags,
+                _ => 0,
+            }
+        }
+    };
+}
+
+list_probe!(
+    rampart_allow_v4,
+    V4Key,
+    ALLOW_V4,
+    ALLOW_V4_SPFLAG,
+    ALLOW_V4_SPILL
+);
+list_probe!(
+    rampart_block_v4,
+    V4Key,
+    BLOCK_V4,
+    BLOCK_V4_SPFLAG,
+    BLOCK_V4_SPILL
+);
+list_probe!(
+    rampart_allow_v6,
+    V6Key,
+    ALLOW_V6,
+    ALLOW_V6_SPFLAG,
+    ALLOW_V6_SPILL
+);
+list_probe!(
+    rampart_block_v6,
+    V6Key,
+    BLOCK_V6,
+    BLOCK_V6_SPFLAG,
+    BLOCK_V6_SPILL
+);
+
+/// Calls a probe with the live configuration's seed and this table's mask.
+/// The probe has already dropped expired entries, so what it finds is
+/// returned as never expiring; the decision still applies the flags.
+#[inline(always)]
+fn probe<K>(
+    cfg: &Config,
+    table: usize,
+    f: extern "C" fn(u64, u32, *const K) -> u32,
+    key: &K,
+) -> Option<ListEntry> {
+    let mask = cfg.list_masks.get(table).copied().unwrap_or(0);
+    let found = f(cfg.hash_seed, mask, key);
+    (found & FOUND != 0).then_some(ListEntry {
+        expires_ns: 0,
+        origin: 0,
+        flags: found & !FOUND,
+    })
+}
+
+/// The maps as the decision sees them; list lookups need the live
+/// configuration's table geometry and seed.
+pub struct BpfTables<'c> {
+    pub cfg: &'c Config,
+}
+
+impl Tables for BpfTables<'_> {
     #[inline(always)]
     fn list_v4(&self, list: List, key: &V4Key) -> Option<ListEntry> {
-        let map = match list {
-            List::Allow => &ALLOW_V4,
-            List::Block => &BLOCK_V4,
-        };
-        // SAFETY: copied out at once; a concurrent delete can at worst give a
-        // stale entry for this one packet.
-        unsafe { map.get(key).copied() }
+        let table = list_table_index(list.index(), false);
+        match list {
+            List::Allow => probe(self.cfg, table, rampart_allow_v4, key),
+            List::Block => probe(self.cfg, table, rampart_block_v4, key),
+        }
     }
 
     #[inline(always)]
     fn list_v6(&self, list: List, key: &V6Key) -> Option<ListEntry> {
-        let map = match list {
-            List::Allow => &ALLOW_V6,
-            List::Block => &BLOCK_V6,
-        };
-        // SAFETY: as above.
-        unsafe { map.get(key).copied() }
+        let table = list_table_index(list.index(), true);
+        match list {
+            List::Allow => probe(self.cfg, table, rampart_allow_v6, key),
+            List::Block => probe(self.cfg, table, rampart_block_v6, key),
+        }
     }
 
     #[inline(always)]

@@ -1,0 +1,384 @@
+//! The agent's side of one list table (`rampart_common::list_table`): it
+//! places keys, and remembers a one-byte fingerprint per slot so that it
+//! finds a key's slot without reading the table back (a read is only needed
+//! to confirm a fingerprint match).
+//!
+//! Every write keeps each slot consistent for the program reading it at the
+//! same time: a new key goes in whole but unmarked, then marked; a removal
+//! clears only the mark; a spilled key is in the spill map before its
+//! bucket's flag is set, and its flag is cleared after the last one left.
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    os::fd::OwnedFd,
+};
+
+use aya::maps::{Array, HashMap, MapData, MapError};
+use rampart_common::{
+    abi::{ListEntry, V4Key, V6Key},
+    list_table::{Slot, TableKey, WAYS, buckets, fingerprint, flag_slot},
+};
+
+use crate::datapath::{DatapathError, batch_update, map_err, read_array};
+
+/// Where a key is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    Slot(u32),
+    Spill,
+}
+
+/// A key type of a list table.
+pub trait Key: TableKey + aya::Pod + Default + Sync + Eq + std::hash::Hash {}
+impl Key for V4Key {}
+impl Key for V6Key {}
+
+/// The maps of one table, as taken from the loaded object, with duplicates
+/// of the array maps' fds for batch operations (aya has none).
+pub struct TableMaps<K: Key>
+where
+    Slot<K>: aya::Pod,
+{
+    pub slots: Array<MapData, Slot<K>>,
+    pub slots_fd: OwnedFd,
+    pub spill: HashMap<MapData, K, ListEntry>,
+    pub flags: Array<MapData, u64>,
+    pub flags_fd: OwnedFd,
+}
+
+pub struct ListTable<K: Key>
+where
+    Slot<K>: aya::Pod,
+{
+    name: &'static str,
+    maps: TableMaps<K>,
+    seed: u64,
+    mask: u32,
+    capacity: u64,
+    /// Per slot: 0 free, else the fingerprint of the key it holds.
+    prints: Vec<u8>,
+    /// First bucket -> keys of it in the spill map.
+    spilled: StdHashMap<u32, u32>,
+    len: u64,
+}
+
+/// Keys and entries (kernel key type) as a table reports them.
+pub type Entries<K> = Vec<(K, ListEntry)>;
+
+impl<K: Key> ListTable<K>
+where
+    Slot<K>: aya::Pod,
+{
+    /// Takes over a table's maps and learns where its keys are (a table
+    /// pinned by an earlier agent keeps its contents). Returns the table and
+    /// every key it holds.
+    pub fn adopt(
+        name: &'static str,
+        maps: TableMaps<K>,
+        seed: u64,
+        capacity: u32,
+    ) -> Result<(Self, Vec<K>), DatapathError> {
+        let n = maps.slots.len();
+        let count = n / WAYS;
+        if count == 0 || !count.is_power_of_two() || !n.is_multiple_of(WAYS) {
+            return Err(DatapathError::Invalid(format!(
+                "{name}: {n} slots is not a power-of-two number of {WAYS}-slot buckets"
+            )));
+        }
+        let mut t = Self {
+            name,
+            maps,
+            seed,
+            mask: count - 1,
+            capacity: u64::from(capacity),
+            prints: vec![0; n as usize],
+            spilled: StdHashMap::new(),
+            len: 0,
+        };
+        let mut keys = Vec::new();
+        // A key outside its two buckets (a table written with another seed)
+        // can never be found: it is cleared rather than kept half there.
+        let mut lost = Vec::new();
+        read_array(&t.maps.slots_fd, n, |i, s: &Slot<K>| {
+            if !s.key.is_used() {
+                return;
+            }
+            let hash = s.key.table_hash(seed);
+            if buckets(hash, t.mask).contains(&(i / WAYS)) {
+                t.prints[i as usize] = fingerprint(hash);
+                t.len += 1;
+                keys.push(s.key.marked(false));
+            } else {
+                lost.push((i, unmarked(*s)));
+            }
+        })?;
+        if !lost.is_empty() {
+            tracing::warn!(
+                table = name,
+                keys = lost.len(),
+                "clearing unreachable slots"
+            );
+            let (index, slots): (Vec<u32>, Vec<Slot<K>>) = lost.into_iter().unzip();
+            batch_update(&t.maps.slots_fd, &index, &slots)?;
+        }
+        for k in t.maps.spill.keys() {
+            let k = k.map_err(map_err(name))?;
+            *t.spilled.entry(t.first_bucket(&k)).or_default() += 1;
+            t.len += 1;
+            keys.push(k);
+        }
+        // Written whole: the flags may come from an agent that stopped
+        // between a spill and its flag.
+        let words = t.maps.flags.len();
+        let mut flags = vec![0u64; words as usize];
+        for b in t.spilled.keys() {
+            let (w, bit) = flag_slot(*b);
+            if let Some(f) = flags.get_mut(w as usize) {
+                *f |= bit;
+            }
+        }
+        let index: Vec<u32> = (0..words).collect();
+        batch_update(&t.maps.flags_fd, &index, &flags)?;
+        Ok((t, keys))
+    }
+
+    /// The bucket count minus one, for the program's configuration.
+    pub fn mask(&self) -> u32 {
+        self.mask
+    }
+
+    fn first_bucket(&self, key: &K) -> u32 {
+        buckets(key.table_hash(self.seed), self.mask)[0]
+    }
+
+    /// Where `key` is; `pending` holds slots written in this call but not
+    /// yet in the kernel.
+    fn locate(
+        &self,
+        key: &K,
+        pending: &StdHashMap<u32, Slot<K>>,
+    ) -> Result<Option<(Place, ListEntry)>, DatapathError> {
+        let hash = key.table_hash(self.seed);
+        let print = fingerprint(hash);
+        let want = key.marked(true);
+        let [first, second] = buckets(hash, self.mask);
+        for bucket in [first, second] {
+            for way in 0..WAYS {
+                let i = bucket * WAYS + way;
+                if self.prints[i as usize] != print {
+                    continue;
+                }
+                let s = match pending.get(&i) {
+                    Some(s) => *s,
+                    None => self.maps.slots.get(&i, 0).map_err(map_err(self.name))?,
+                };
+                if s.key.same(&want) {
+                    return Ok(Some((Place::Slot(i), s.entry)));
+                }
+            }
+        }
+        if self.spilled.contains_key(&first) {
+            match self.maps.spill.get(key, 0) {
+                Ok(e) => return Ok(Some((Place::Spill, e))),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(self.name)(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn get(&self, key: &K) -> Result<Option<ListEntry>, DatapathError> {
+        Ok(self.locate(key, &StdHashMap::new())?.map(|(_, e)| e))
+    }
+
+    /// A free slot in the emptier of the key's buckets (the first on a tie).
+    fn free_slot(&self, hash: u64) -> Option<u32> {
+        let free = |b: u32| (0..WAYS).filter(move |w| self.prints[(b * WAYS + w) as usize] == 0);
+        let [first, second] = buckets(hash, self.mask);
+        let bucket = if free(second).count() > free(first).count() {
+            second
+        } else {
+            first
+        };
+        free(bucket).next().map(|w| bucket * WAYS + w)
+    }
+
+    /// Adds or replaces entries; returns, per item, whether its key is new
+    /// to the table. Nothing changes if the new keys would pass capacity.
+    pub fn insert_many(&mut self, items: &[(K, ListEntry)]) -> Result<Vec<bool>, DatapathError> {
+        let mut pending: StdHashMap<u32, Slot<K>> = StdHashMap::new();
+        let mut fresh: HashSet<u32> = HashSet::new();
+        let mut spills: StdHashMap<K, ListEntry> = StdHashMap::new();
+        let mut new_spills: Vec<K> = Vec::new();
+        let mut is_new = Vec::with_capacity(items.len());
+        let mut added = 0u64;
+        for (key, entry) in items {
+            let key = key.marked(false);
+            let stored = Slot {
+                entry: *entry,
+                key: key.marked(true),
+            };
+            let place = match spills.get(&key) {
+                Some(_) => Some(Place::Spill),
+                None => self.locate(&key, &pending)?.map(|(p, _)| p),
+            };
+            match place {
+                Some(Place::Slot(i)) => {
+                    pending.insert(i, stored);
+                    is_new.push(false);
+                }
+                Some(Place::Spill) => {
+                    spills.insert(key, *entry);
+                    is_new.push(false);
+                }
+                None => {
+                    if self.len + added >= self.capacity {
+                        self.undo(&fresh, &new_spills);
+                        return Err(DatapathError::Invalid(format!(
+                            "{} is full: it holds at most {} entries (raise its capacity in the \
+                             [capacities] settings and restart with --replace-maps)",
+                            self.name, self.capacity
+                        )));
+                    }
+                    let hash = key.table_hash(self.seed);
+                    match self.free_slot(hash) {
+                        Some(i) => {
+                            self.prints[i as usize] = fingerprint(hash);
+                            pending.insert(i, stored);
+                            fresh.insert(i);
+                        }
+                        None => {
+                            *self.spilled.entry(self.first_bucket(&key)).or_default() += 1;
+                            spills.insert(key, *entry);
+                            new_spills.push(key);
+                        }
+                    }
+                    added += 1;
+                    is_new.push(true);
+                }
+            }
+        }
+        self.len += added;
+
+        // New slots: whole but unmarked, then marked; then replacements.
+        let (mut index, mut slots) = (Vec::new(), Vec::new());
+        for (i, s) in pending.iter().filter(|(i, _)| fresh.contains(i)) {
+            index.push(*i);
+            slots.push(unmarked(*s));
+        }
+        batch_update(&self.maps.slots_fd, &index, &slots)?;
+        for s in &mut slots {
+            s.key = s.key.marked(true);
+        }
+        batch_update(&self.maps.slots_fd, &index, &slots)?;
+        let (index, slots): (Vec<u32>, Vec<Slot<K>>) = pending
+            .into_iter()
+            .filter(|(i, _)| !fresh.contains(i))
+            .unzip();
+        batch_update(&self.maps.slots_fd, &index, &slots)?;
+        for (k, e) in &spills {
+            self.maps
+                .spill
+                .insert(k, e, 0)
+                .map_err(map_err(self.name))?;
+        }
+        let buckets: Vec<u32> = new_spills.iter().map(|k| self.first_bucket(k)).collect();
+        self.write_flags(&buckets)?;
+        Ok(is_new)
+    }
+
+    /// Forgets the placements of an insert that is refused.
+    fn undo(&mut self, fresh: &HashSet<u32>, new_spills: &[K]) {
+        for i in fresh {
+            self.prints[*i as usize] = 0;
+        }
+        for k in new_spills {
+            let b = self.first_bucket(k);
+            if let Some(n) = self.spilled.get_mut(&b) {
+                *n -= 1;
+                if *n == 0 {
+                    self.spilled.remove(&b);
+                }
+            }
+        }
+    }
+
+    /// Removes keys; returns, per key, whether the table held it.
+    pub fn remove_many(&mut self, keys: &[K]) -> Result<Vec<bool>, DatapathError> {
+        let mut pending: StdHashMap<u32, Slot<K>> = StdHashMap::new();
+        let mut emptied = Vec::new();
+        let mut removed = Vec::with_capacity(keys.len());
+        for key in keys {
+            let key = key.marked(false);
+            match self.locate(&key, &pending)? {
+                Some((Place::Slot(i), entry)) => {
+                    pending.insert(i, Slot { entry, key });
+                    self.prints[i as usize] = 0;
+                    removed.push(true);
+                }
+                Some((Place::Spill, _)) => {
+                    self.maps.spill.remove(&key).map_err(map_err(self.name))?;
+                    let b = self.first_bucket(&key);
+                    if let Some(n) = self.spilled.get_mut(&b) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.spilled.remove(&b);
+                            emptied.push(b);
+                        }
+                    }
+                    removed.push(true);
+                }
+                None => removed.push(false),
+            }
+        }
+        self.len -= removed.iter().filter(|r| **r).count() as u64;
+        let (index, slots): (Vec<u32>, Vec<Slot<K>>) = pending.into_iter().unzip();
+        batch_update(&self.maps.slots_fd, &index, &slots)?;
+        self.write_flags(&emptied)?;
+        Ok(removed)
+    }
+
+    /// Rewrites the flag words holding these buckets' bits from `spilled`.
+    fn write_flags(&self, buckets: &[u32]) -> Result<(), DatapathError> {
+        let mut words: Vec<u32> = buckets.iter().map(|b| flag_slot(*b).0).collect();
+        words.sort_unstable();
+        words.dedup();
+        let values: Vec<u64> = words
+            .iter()
+            .map(|w| {
+                (0..64)
+                    .map(|bit| w * 64 + bit)
+                    .filter(|b| self.spilled.contains_key(b))
+                    .fold(0u64, |acc, b| acc | flag_slot(b).1)
+            })
+            .collect();
+        batch_update(&self.maps.flags_fd, &words, &values)
+    }
+
+    /// Every key and entry.
+    pub fn entries(&self) -> Result<Entries<K>, DatapathError> {
+        let mut out = Vec::with_capacity(self.len as usize);
+        read_array(
+            &self.maps.slots_fd,
+            self.maps.slots.len(),
+            |_, s: &Slot<K>| {
+                if s.key.is_used() {
+                    out.push((s.key.marked(false), s.entry));
+                }
+            },
+        )?;
+        for kv in self.maps.spill.iter() {
+            out.push(kv.map_err(map_err(self.name))?);
+        }
+        Ok(out)
+    }
+
+    /// Keys in the spill map (for tests and metrics).
+    pub fn spilled(&self) -> u64 {
+        self.spilled.values().map(|n| u64::from(*n)).sum()
+    }
+}
+
+fn unmarked<K: TableKey>(mut s: Slot<K>) -> Slot<K> {
+    s.key = s.key.marked(false);
+    s
+}
