@@ -75,12 +75,70 @@ struct Target {
     headroom: f64,
 }
 
-/// Headroom of `x` under an upper limit.
-fn under(limit: f64, x: f64) -> f64 {
-    (limit - x) / limit
+/// Which side of its limit a figure must stay on.
+#[derive(Clone, Copy)]
+enum Bound {
+    AtMost,
+    Below,
+    AtLeast,
+}
+
+/// How a figure and its limit are printed.
+#[derive(Clone, Copy)]
+enum Unit {
+    Ratio,
+    Seconds,
+    MiB,
+    Ms,
+}
+
+impl Unit {
+    fn measured(self, x: f64) -> String {
+        match self {
+            Self::Ratio => format!("{x:.2}x"),
+            Self::Seconds => format!("{x:.2} s"),
+            Self::MiB => format!("{x:.0} MiB"),
+            Self::Ms => format!("{x:.1} ms"),
+        }
+    }
+
+    fn limit(self, x: f64) -> String {
+        match self {
+            Self::Ratio => format!("{x:.1}x"),
+            Self::Seconds => format!("{x} s"),
+            Self::MiB => format!("{x} MiB"),
+            Self::Ms => format!("{x} ms"),
+        }
+    }
+}
+
+impl Target {
+    /// A figure against a limit stated once: the limit's text, whether it
+    /// was met and the headroom all come from it.
+    fn new(what: impl Into<String>, x: f64, bound: Bound, limit: f64, unit: Unit) -> Self {
+        let (sign, met, headroom) = match bound {
+            Bound::AtMost => ("<=", x <= limit, (limit - x) / limit),
+            Bound::Below => ("<", x < limit, (limit - x) / limit),
+            Bound::AtLeast => (">=", x >= limit, (x - limit) / limit),
+        };
+        Self {
+            what: what.into(),
+            limit: format!("{sign} {}", unit.limit(limit)),
+            measured: unit.measured(x),
+            met,
+            headroom,
+        }
+    }
+
+    /// Counts as met only if `ok` holds too (the run measured enough).
+    fn provided(mut self, ok: bool) -> Self {
+        self.met &= ok;
+        self
+    }
 }
 
 fn targets(v: &Value) -> Vec<Target> {
+    use Bound::{AtLeast, AtMost, Below};
     let floor = ns(v, "floor");
     let mut t = Vec::new();
     let per_packet = v["per_packet"].as_object().cloned().unwrap_or_default();
@@ -89,77 +147,81 @@ fn targets(v: &Value) -> Vec<Target> {
         .filter(|k| k.starts_with("S1") || k.starts_with("S2") || k.starts_with("S3"))
     {
         let r = ns(v, k) / floor;
-        t.push(Target {
-            what: format!("{k}: cost / floor"),
-            limit: "<= 3.0x".into(),
-            measured: format!("{r:.2}x"),
-            met: r <= 3.0,
-            headroom: under(3.0, r),
-        });
+        t.push(Target::new(
+            format!("{k}: cost / floor"),
+            r,
+            AtMost,
+            3.0,
+            Unit::Ratio,
+        ));
     }
     let s3 = ns(v, "S3 flood 256 sources");
-    let r = ns(v, "S4 spoofed flood") / s3;
-    t.push(Target {
-        what: "S4 spoofed flood / S3 flood from 256 sources".into(),
-        limit: "<= 1.5x".into(),
-        measured: format!("{r:.2}x"),
-        met: r <= 1.5,
-        headroom: under(1.5, r),
-    });
-    let r = ns(v, "S2 blocklist 1000000") / ns(v, "S2 blocklist 1");
-    t.push(Target {
-        what: "S2 with 1M entries / S2 with 1 entry".into(),
-        limit: "<= 1.2x".into(),
-        measured: format!("{r:.2}x"),
-        met: r <= 1.2,
-        headroom: under(1.2, r),
-    });
+    t.push(Target::new(
+        "S4 spoofed flood / S3 flood from 256 sources",
+        ns(v, "S4 spoofed flood") / s3,
+        AtMost,
+        1.5,
+        Unit::Ratio,
+    ));
+    t.push(Target::new(
+        "S2 with 1M entries / S2 with 1 entry",
+        ns(v, "S2 blocklist 1000000") / ns(v, "S2 blocklist 1"),
+        AtMost,
+        1.2,
+        Unit::Ratio,
+    ));
     let cp = &v["control_plane"];
     let f = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
     let import = f(&cp["import"]["seconds"]);
     let entries = cp["import"]["entries"].as_u64().unwrap_or(0);
-    t.push(Target {
-        what: format!("S6 import of {entries} entries"),
-        limit: "<= 2 s".into(),
-        measured: format!("{import:.2} s"),
-        met: entries >= 1_000_000 && import <= 2.0,
-        headroom: under(2.0, import),
-    });
+    t.push(
+        Target::new(
+            format!("S6 import of {entries} entries"),
+            import,
+            AtMost,
+            2.0,
+            Unit::Seconds,
+        )
+        .provided(entries >= 1_000_000),
+    );
     let rss = f(&cp["import"]["rss_after_bytes"]) / 1048576.0;
-    t.push(Target {
-        what: format!("S6 agent resident memory with {entries} entries"),
-        limit: "<= 256 MiB".into(),
-        measured: format!("{rss:.0} MiB"),
-        met: entries >= 1_000_000 && rss <= 256.0,
-        headroom: under(256.0, rss),
-    });
+    t.push(
+        Target::new(
+            format!("S6 agent resident memory with {entries} entries"),
+            rss,
+            AtMost,
+            256.0,
+            Unit::MiB,
+        )
+        .provided(entries >= 1_000_000),
+    );
     if cp["feed"].is_object() {
-        let feed = f(&cp["feed"]["seconds"]);
         let n = cp["feed"]["entries"].as_u64().unwrap_or(0);
-        t.push(Target {
-            what: format!("S6 feed of {n} entries fetched, parsed and swapped in atomically"),
-            limit: "<= 2 s".into(),
-            measured: format!("{feed:.2} s"),
-            met: n >= 1_000_000 && feed <= 2.0,
-            headroom: under(2.0, feed),
-        });
+        t.push(
+            Target::new(
+                format!("S6 feed of {n} entries fetched, parsed and swapped in atomically"),
+                f(&cp["feed"]["seconds"]),
+                AtMost,
+                2.0,
+                Unit::Seconds,
+            )
+            .provided(n >= 1_000_000),
+        );
     }
-    let add = f(&cp["block add to enforcement"]["median_ms"]);
-    t.push(Target {
-        what: "S6 `block add` to enforcement (CLI round trip, median)".into(),
-        limit: "< 10 ms".into(),
-        measured: format!("{add:.1} ms"),
-        met: add < 10.0,
-        headroom: under(10.0, add),
-    });
-    let scrape = f(&cp["scrape during flood"]["max_ms"]);
-    t.push(Target {
-        what: "S6 metrics scrape during a flood (worst of 10)".into(),
-        limit: "< 50 ms".into(),
-        measured: format!("{scrape:.1} ms"),
-        met: scrape < 50.0,
-        headroom: under(50.0, scrape),
-    });
+    t.push(Target::new(
+        "S6 `block add` to enforcement (CLI round trip, median)",
+        f(&cp["block add to enforcement"]["median_ms"]),
+        Below,
+        10.0,
+        Unit::Ms,
+    ));
+    t.push(Target::new(
+        "S6 metrics scrape during a flood (worst of 10)",
+        f(&cp["scrape during flood"]["max_ms"]),
+        Below,
+        50.0,
+        Unit::Ms,
+    ));
     if let Some(phases) = v["legit_client"].as_object() {
         for (k, x) in phases {
             let ok = x["succeeded"].as_u64().unwrap_or(0);
@@ -176,14 +238,13 @@ fn targets(v: &Value) -> Vec<Target> {
     }
     let meter = mpps(v, "nftables meter 256 sources");
     for k in ["rampart S2 blocklist", "rampart S3 256 sources"] {
-        let r = mpps(v, k) / meter;
-        t.push(Target {
-            what: format!("throughput {k} / nftables meter"),
-            limit: ">= 3.0x".into(),
-            measured: format!("{r:.2}x"),
-            met: r >= 3.0,
-            headroom: (r - 3.0) / 3.0,
-        });
+        t.push(Target::new(
+            format!("throughput {k} / nftables meter"),
+            mpps(v, k) / meter,
+            AtLeast,
+            3.0,
+            Unit::Ratio,
+        ));
     }
     t
 }
