@@ -7,16 +7,16 @@
 //! same time: a new key goes in whole but unmarked, then marked; a removal
 //! clears only the mark; a spilled key is in the spill map before its
 //! bucket's flag is set, and its flag is cleared after the last one left.
-use std::{
-    collections::{HashMap as StdHashMap, HashSet},
-    os::fd::OwnedFd,
-};
+use std::{collections::HashMap as StdHashMap, os::fd::OwnedFd};
 
 use aya::maps::{Array, HashMap, MapData, MapError};
+// Slot indexes come from a keyed hash, so a fast unkeyed hasher is safe
+// for maps keyed by them, and a million-entry import spends far less in it.
 use rampart_common::{
     abi::{ListEntry, V4Key, V6Key},
     list_table::{Slot, TableKey, WAYS, buckets, fingerprint, flag_slot},
 };
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::datapath::{DatapathError, batch_update, map_err, read_array};
 
@@ -45,6 +45,79 @@ where
     pub flags_fd: OwnedFd,
 }
 
+/// Slots read back from the kernel during one change: through a read-only
+/// mapping of the array (the map is memory-mappable), made on the first read
+/// and unmapped when the change ends, so that a change which reads most of
+/// the table (a feed rewriting the entries it holds) pays no syscall per key
+/// and the pages it touched leave the agent's resident memory afterwards.
+struct Reads<K> {
+    view: Option<SlotView<K>>,
+}
+
+impl<K> Default for Reads<K> {
+    fn default() -> Self {
+        Self { view: None }
+    }
+}
+
+/// A read-only shared mapping of a slot array.
+struct SlotView<K> {
+    ptr: std::ptr::NonNull<Slot<K>>,
+    len: usize,
+    bytes: usize,
+}
+
+impl<K> SlotView<K> {
+    fn map(fd: &OwnedFd, len: u32, name: &str) -> Result<Self, DatapathError> {
+        use std::os::fd::AsRawFd;
+        let bytes = (len as usize * std::mem::size_of::<Slot<K>>()).next_multiple_of(4096);
+        // SAFETY: a fresh read-only shared mapping of the map's fd; the
+        // kernel checks that `bytes` fits the array.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(DatapathError::Invalid(format!(
+                "{name}: mapping the table to read it failed: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let ptr = std::ptr::NonNull::new(p.cast()).ok_or_else(|| {
+            DatapathError::Invalid(format!("{name}: the table mapped at address 0"))
+        })?;
+        Ok(Self {
+            ptr,
+            len: len as usize,
+            bytes,
+        })
+    }
+
+    fn get(&self, i: u32) -> Option<Slot<K>>
+    where
+        Slot<K>: Copy,
+    {
+        let i = i as usize;
+        // SAFETY: in bounds of the mapping, which lives as long as self.
+        // Slots are only written by this agent, between its changes, so a
+        // read here never races a write.
+        (i < self.len).then(|| unsafe { self.ptr.as_ptr().add(i).read_volatile() })
+    }
+}
+
+impl<K> Drop for SlotView<K> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
 pub struct ListTable<K: Key>
 where
     Slot<K>: aya::Pod,
@@ -57,7 +130,7 @@ where
     /// Per slot: 0 free, else the fingerprint of the key it holds.
     prints: Vec<u8>,
     /// First bucket -> keys of it in the spill map.
-    spilled: StdHashMap<u32, u32>,
+    spilled: FxHashMap<u32, u32>,
     len: u64,
 }
 
@@ -91,7 +164,7 @@ where
             mask: count - 1,
             capacity: u64::from(capacity),
             prints: vec![0; n as usize],
-            spilled: StdHashMap::new(),
+            spilled: FxHashMap::default(),
             len: 0,
         };
         let mut keys = Vec::new();
@@ -155,7 +228,8 @@ where
     fn locate(
         &self,
         key: &K,
-        pending: &StdHashMap<u32, Slot<K>>,
+        pending: &FxHashMap<u32, Slot<K>>,
+        reads: &mut Reads<K>,
     ) -> Result<Option<(Place, ListEntry)>, DatapathError> {
         let hash = key.table_hash(self.seed);
         let print = fingerprint(hash);
@@ -169,7 +243,7 @@ where
                 }
                 let s = match pending.get(&i) {
                     Some(s) => *s,
-                    None => self.maps.slots.get(&i, 0).map_err(map_err(self.name))?,
+                    None => self.read_slot(i, reads)?,
                 };
                 if s.key.same(&want) {
                     return Ok(Some((Place::Slot(i), s.entry)));
@@ -186,8 +260,23 @@ where
         Ok(None)
     }
 
+    /// Reads one slot (see [`Reads`]).
+    fn read_slot(&self, i: u32, reads: &mut Reads<K>) -> Result<Slot<K>, DatapathError> {
+        let view = match &mut reads.view {
+            Some(v) => v,
+            none => none.insert(SlotView::map(
+                &self.maps.slots_fd,
+                self.maps.slots.len(),
+                self.name,
+            )?),
+        };
+        Ok(view.get(i).unwrap_or_default())
+    }
+
     pub fn get(&self, key: &K) -> Result<Option<ListEntry>, DatapathError> {
-        Ok(self.locate(key, &StdHashMap::new())?.map(|(_, e)| e))
+        Ok(self
+            .locate(key, &FxHashMap::default(), &mut Reads::default())?
+            .map(|(_, e)| e))
     }
 
     /// A free slot in the emptier of the key's buckets (the first on a tie).
@@ -205,8 +294,9 @@ where
     /// Adds or replaces entries; returns, per item, whether its key is new
     /// to the table. Nothing changes if the new keys would pass capacity.
     pub fn insert_many(&mut self, items: &[(K, ListEntry)]) -> Result<Vec<bool>, DatapathError> {
-        let mut pending: StdHashMap<u32, Slot<K>> = StdHashMap::new();
-        let mut fresh: HashSet<u32> = HashSet::new();
+        let mut reads = Reads::default();
+        let mut pending: FxHashMap<u32, Slot<K>> = FxHashMap::default();
+        let mut fresh: FxHashSet<u32> = FxHashSet::default();
         let mut spills: StdHashMap<K, ListEntry> = StdHashMap::new();
         let mut new_spills: Vec<K> = Vec::new();
         let mut is_new = Vec::with_capacity(items.len());
@@ -219,7 +309,7 @@ where
             };
             let place = match spills.get(&key) {
                 Some(_) => Some(Place::Spill),
-                None => self.locate(&key, &pending)?.map(|(p, _)| p),
+                None => self.locate(&key, &pending, &mut reads)?.map(|(p, _)| p),
             };
             match place {
                 Some(Place::Slot(i)) => {
@@ -287,7 +377,7 @@ where
     }
 
     /// Forgets the placements of an insert that is refused.
-    fn undo(&mut self, fresh: &HashSet<u32>, new_spills: &[K]) {
+    fn undo(&mut self, fresh: &FxHashSet<u32>, new_spills: &[K]) {
         for i in fresh {
             self.prints[*i as usize] = 0;
         }
@@ -304,12 +394,13 @@ where
 
     /// Removes keys; returns, per key, whether the table held it.
     pub fn remove_many(&mut self, keys: &[K]) -> Result<Vec<bool>, DatapathError> {
-        let mut pending: StdHashMap<u32, Slot<K>> = StdHashMap::new();
+        let mut reads = Reads::default();
+        let mut pending: FxHashMap<u32, Slot<K>> = FxHashMap::default();
         let mut emptied = Vec::new();
         let mut removed = Vec::with_capacity(keys.len());
         for key in keys {
             let key = key.marked(false);
-            match self.locate(&key, &pending)? {
+            match self.locate(&key, &pending, &mut reads)? {
                 Some((Place::Slot(i), entry)) => {
                     pending.insert(i, Slot { entry, key });
                     self.prints[i as usize] = 0;

@@ -31,14 +31,16 @@ pub static IFACE_SLOTS: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+/// The list tables are memory-mappable so the agent reads them back
+/// without a syscall per slot (`agent/src/list_table.rs`).
 #[map]
-static ALLOW_V4: Array<V4Slot> = Array::with_max_entries(1 << 17, 0);
+static ALLOW_V4: Array<V4Slot> = Array::with_max_entries(1 << 17, BPF_F_MMAPABLE);
 #[map]
-static ALLOW_V6: Array<V6Slot> = Array::with_max_entries(1 << 17, 0);
+static ALLOW_V6: Array<V6Slot> = Array::with_max_entries(1 << 17, BPF_F_MMAPABLE);
 #[map]
-static BLOCK_V4: Array<V4Slot> = Array::with_max_entries(1 << 21, 0);
+static BLOCK_V4: Array<V4Slot> = Array::with_max_entries(1 << 21, BPF_F_MMAPABLE);
 #[map]
-static BLOCK_V6: Array<V6Slot> = Array::with_max_entries(1 << 19, 0);
+static BLOCK_V6: Array<V6Slot> = Array::with_max_entries(1 << 19, BPF_F_MMAPABLE);
 #[map]
 static ALLOW_V4_SPILL: HashMap<V4Key, ListEntry> =
     HashMap::with_max_entries(1 << 16, BPF_F_NO_PREALLOC);
