@@ -295,8 +295,12 @@ where
     /// to the table. Nothing changes if the new keys would pass capacity.
     pub fn insert_many(&mut self, items: &[(K, ListEntry)]) -> Result<Vec<bool>, DatapathError> {
         let mut reads = Reads::default();
-        let mut pending: FxHashMap<u32, Slot<K>> = FxHashMap::default();
-        let mut fresh: FxHashSet<u32> = FxHashSet::default();
+        // Sized up front: growing a million-entry map copies it and leaves
+        // the heap fragmented, which the agent's resident memory shows.
+        let hasher = rustc_hash::FxBuildHasher;
+        let mut pending: FxHashMap<u32, Slot<K>> =
+            FxHashMap::with_capacity_and_hasher(items.len(), hasher);
+        let mut fresh: FxHashSet<u32> = FxHashSet::with_capacity_and_hasher(items.len(), hasher);
         let mut spills: StdHashMap<K, ListEntry> = StdHashMap::new();
         let mut new_spills: Vec<K> = Vec::new();
         let mut is_new = Vec::with_capacity(items.len());
@@ -395,7 +399,8 @@ where
     /// Removes keys; returns, per key, whether the table held it.
     pub fn remove_many(&mut self, keys: &[K]) -> Result<Vec<bool>, DatapathError> {
         let mut reads = Reads::default();
-        let mut pending: FxHashMap<u32, Slot<K>> = FxHashMap::default();
+        let mut pending: FxHashMap<u32, Slot<K>> =
+            FxHashMap::with_capacity_and_hasher(keys.len(), rustc_hash::FxBuildHasher);
         let mut emptied = Vec::new();
         let mut removed = Vec::with_capacity(keys.len());
         for key in keys {
