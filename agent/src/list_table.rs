@@ -45,39 +45,42 @@ where
     pub flags_fd: OwnedFd,
 }
 
-/// Slots read back from the kernel during one change: through a read-only
-/// mapping of the array (the map is memory-mappable), made on the first read
-/// and unmapped when the change ends, so that a change which reads most of
-/// the table (a feed rewriting the entries it holds) pays no syscall per key
-/// and the pages it touched leave the agent's resident memory afterwards.
-struct Reads<K> {
-    view: Option<SlotView<K>>,
+/// A table's slots as one change sees them: a shared mapping of the array
+/// (the map is memory-mappable), made on first use and unmapped when the
+/// change ends. Reading and writing slots in place costs no syscall per
+/// slot, which a million-entry import or a feed rewriting what it holds
+/// would otherwise pay, and the pages a change touched leave the agent's
+/// resident memory with the mapping.
+struct Change<K> {
+    mapping: Option<Mapping<K>>,
 }
 
-impl<K> Default for Reads<K> {
+impl<K> Default for Change<K> {
     fn default() -> Self {
-        Self { view: None }
+        Self { mapping: None }
     }
 }
 
-/// A read-only shared mapping of a slot array.
-struct SlotView<K> {
+/// A read-write shared mapping of a slot array.
+struct Mapping<K> {
     ptr: std::ptr::NonNull<Slot<K>>,
     len: usize,
     bytes: usize,
 }
 
-impl<K> SlotView<K> {
+impl<K> Mapping<K> {
     fn map(fd: &OwnedFd, len: u32, name: &str) -> Result<Self, DatapathError> {
         use std::os::fd::AsRawFd;
-        let bytes = (len as usize * std::mem::size_of::<Slot<K>>()).next_multiple_of(4096);
-        // SAFETY: a fresh read-only shared mapping of the map's fd; the
-        // kernel checks that `bytes` fits the array.
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let bytes = (len as usize * std::mem::size_of::<Slot<K>>()).next_multiple_of(page.max(1));
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks
+        // that `bytes` fits the array.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 bytes,
-                libc::PROT_READ,
+                libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
@@ -85,7 +88,7 @@ impl<K> SlotView<K> {
         };
         if p == libc::MAP_FAILED {
             return Err(DatapathError::Invalid(format!(
-                "{name}: mapping the table to read it failed: {}",
+                "{name}: mapping the table failed: {}",
                 std::io::Error::last_os_error()
             )));
         }
@@ -105,17 +108,32 @@ impl<K> SlotView<K> {
     {
         let i = i as usize;
         // SAFETY: in bounds of the mapping, which lives as long as self.
-        // Slots are only written by this agent, between its changes, so a
-        // read here never races a write.
+        // Only this agent writes slots, and only through this mapping.
         (i < self.len).then(|| unsafe { self.ptr.as_ptr().add(i).read_volatile() })
+    }
+
+    /// Writes a slot; an index outside the table is ignored (impossible:
+    /// indexes come from the table's own mask).
+    fn set(&self, i: u32, slot: Slot<K>) {
+        let i = i as usize;
+        if i < self.len {
+            // SAFETY: in bounds, as above; the program only reads slots.
+            unsafe { self.ptr.as_ptr().add(i).write_volatile(slot) };
+        }
     }
 }
 
-impl<K> Drop for SlotView<K> {
+impl<K> Drop for Mapping<K> {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `map`, unmapped once.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
     }
+}
+
+/// Orders slot writes: every write before it is visible to the program
+/// before any write after it (a key is marked only once its slot is whole).
+fn publish_writes() {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
 }
 
 pub struct ListTable<K: Key>
@@ -229,7 +247,7 @@ where
         &self,
         key: &K,
         pending: &FxHashMap<u32, Slot<K>>,
-        reads: &mut Reads<K>,
+        change: &mut Change<K>,
     ) -> Result<Option<(Place, ListEntry)>, DatapathError> {
         let hash = key.table_hash(self.seed);
         let print = fingerprint(hash);
@@ -243,7 +261,7 @@ where
                 }
                 let s = match pending.get(&i) {
                     Some(s) => *s,
-                    None => self.read_slot(i, reads)?,
+                    None => self.read_slot(i, change)?,
                 };
                 if s.key.same(&want) {
                     return Ok(Some((Place::Slot(i), s.entry)));
@@ -260,22 +278,25 @@ where
         Ok(None)
     }
 
-    /// Reads one slot (see [`Reads`]).
-    fn read_slot(&self, i: u32, reads: &mut Reads<K>) -> Result<Slot<K>, DatapathError> {
-        let view = match &mut reads.view {
-            Some(v) => v,
-            none => none.insert(SlotView::map(
+    /// The table's mapping for this change (see [`Change`]).
+    fn mapping<'c>(&self, change: &'c mut Change<K>) -> Result<&'c Mapping<K>, DatapathError> {
+        match &mut change.mapping {
+            Some(m) => Ok(m),
+            none => Ok(none.insert(Mapping::map(
                 &self.maps.slots_fd,
                 self.maps.slots.len(),
                 self.name,
-            )?),
-        };
-        Ok(view.get(i).unwrap_or_default())
+            )?)),
+        }
+    }
+
+    fn read_slot(&self, i: u32, change: &mut Change<K>) -> Result<Slot<K>, DatapathError> {
+        Ok(self.mapping(change)?.get(i).unwrap_or_default())
     }
 
     pub fn get(&self, key: &K) -> Result<Option<ListEntry>, DatapathError> {
         Ok(self
-            .locate(key, &FxHashMap::default(), &mut Reads::default())?
+            .locate(key, &FxHashMap::default(), &mut Change::default())?
             .map(|(_, e)| e))
     }
 
@@ -294,7 +315,7 @@ where
     /// Adds or replaces entries; returns, per item, whether its key is new
     /// to the table. Nothing changes if the new keys would pass capacity.
     pub fn insert_many(&mut self, items: &[(K, ListEntry)]) -> Result<Vec<bool>, DatapathError> {
-        let mut reads = Reads::default();
+        let mut change = Change::default();
         // Sized up front: growing a million-entry map copies it and leaves
         // the heap fragmented, which the agent's resident memory shows.
         let hasher = rustc_hash::FxBuildHasher;
@@ -313,7 +334,7 @@ where
             };
             let place = match spills.get(&key) {
                 Some(_) => Some(Place::Spill),
-                None => self.locate(&key, &pending, &mut reads)?.map(|(p, _)| p),
+                None => self.locate(&key, &pending, &mut change)?.map(|(p, _)| p),
             };
             match place {
                 Some(Place::Slot(i)) => {
@@ -354,21 +375,17 @@ where
         self.len += added;
 
         // New slots: whole but unmarked, then marked; then replacements.
-        let (mut index, mut slots) = (Vec::new(), Vec::new());
-        for (i, s) in pending.iter().filter(|(i, _)| fresh.contains(i)) {
-            index.push(*i);
-            slots.push(unmarked(*s));
+        if !pending.is_empty() {
+            let map = self.mapping(&mut change)?;
+            for (i, s) in pending.iter().filter(|(i, _)| fresh.contains(i)) {
+                map.set(*i, unmarked(*s));
+            }
+            publish_writes();
+            for (i, s) in &pending {
+                map.set(*i, *s);
+            }
+            publish_writes();
         }
-        batch_update(&self.maps.slots_fd, &index, &slots)?;
-        for s in &mut slots {
-            s.key = s.key.marked(true);
-        }
-        batch_update(&self.maps.slots_fd, &index, &slots)?;
-        let (index, slots): (Vec<u32>, Vec<Slot<K>>) = pending
-            .into_iter()
-            .filter(|(i, _)| !fresh.contains(i))
-            .unzip();
-        batch_update(&self.maps.slots_fd, &index, &slots)?;
         for (k, e) in &spills {
             self.maps
                 .spill
@@ -398,14 +415,14 @@ where
 
     /// Removes keys; returns, per key, whether the table held it.
     pub fn remove_many(&mut self, keys: &[K]) -> Result<Vec<bool>, DatapathError> {
-        let mut reads = Reads::default();
+        let mut change = Change::default();
         let mut pending: FxHashMap<u32, Slot<K>> =
             FxHashMap::with_capacity_and_hasher(keys.len(), rustc_hash::FxBuildHasher);
         let mut emptied = Vec::new();
         let mut removed = Vec::with_capacity(keys.len());
         for key in keys {
             let key = key.marked(false);
-            match self.locate(&key, &pending, &mut reads)? {
+            match self.locate(&key, &pending, &mut change)? {
                 Some((Place::Slot(i), entry)) => {
                     pending.insert(i, Slot { entry, key });
                     self.prints[i as usize] = 0;
@@ -427,8 +444,13 @@ where
             }
         }
         self.len -= removed.iter().filter(|r| **r).count() as u64;
-        let (index, slots): (Vec<u32>, Vec<Slot<K>>) = pending.into_iter().unzip();
-        batch_update(&self.maps.slots_fd, &index, &slots)?;
+        if !pending.is_empty() {
+            let map = self.mapping(&mut change)?;
+            for (i, s) in &pending {
+                map.set(*i, *s);
+            }
+            publish_writes();
+        }
         self.write_flags(&emptied)?;
         Ok(removed)
     }
