@@ -45,19 +45,27 @@ where
     pub flags_fd: OwnedFd,
 }
 
-/// A table's slots as one change sees them: a shared mapping of the array
-/// (the map is memory-mappable), made on first use and unmapped when the
-/// change ends. Reading and writing slots in place costs no syscall per
-/// slot, which a million-entry import or a feed rewriting what it holds
-/// would otherwise pay, and the pages a change touched leave the agent's
-/// resident memory with the mapping.
+/// How one change reaches a table's slots. A large change maps the array
+/// (the map is memory-mappable) and reads and writes slots in place, with no
+/// syscall per slot, which a million-entry import or a feed rewriting what
+/// it holds would otherwise pay; the mapping is dropped when the change ends,
+/// and with it the table's pages from the agent's resident memory. Mapping
+/// inserts every page of the table, so a small change (a `block add`) uses a
+/// syscall per slot instead.
 struct Change<K> {
+    mapped: bool,
     mapping: Option<Mapping<K>>,
 }
 
-impl<K> Default for Change<K> {
-    fn default() -> Self {
-        Self { mapping: None }
+/// Keys a change must touch before it maps the table.
+const MAP_AT: usize = 1024;
+
+impl<K> Change<K> {
+    fn new(keys: usize) -> Self {
+        Self {
+            mapped: keys >= MAP_AT,
+            mapping: None,
+        }
     }
 }
 
@@ -291,12 +299,34 @@ where
     }
 
     fn read_slot(&self, i: u32, change: &mut Change<K>) -> Result<Slot<K>, DatapathError> {
-        Ok(self.mapping(change)?.get(i).unwrap_or_default())
+        if change.mapped {
+            return Ok(self.mapping(change)?.get(i).unwrap_or_default());
+        }
+        self.maps.slots.get(&i, 0).map_err(map_err(self.name))
+    }
+
+    /// Writes one group of slots; all of it is visible to the program before
+    /// anything written after it (a fence, or the end of the syscall).
+    fn write_slots(
+        &self,
+        change: &mut Change<K>,
+        slots: impl Iterator<Item = (u32, Slot<K>)>,
+    ) -> Result<(), DatapathError> {
+        if change.mapped {
+            let map = self.mapping(change)?;
+            for (i, s) in slots {
+                map.set(i, s);
+            }
+            publish_writes();
+            return Ok(());
+        }
+        let (index, slots): (Vec<u32>, Vec<Slot<K>>) = slots.unzip();
+        batch_update(&self.maps.slots_fd, &index, &slots)
     }
 
     pub fn get(&self, key: &K) -> Result<Option<ListEntry>, DatapathError> {
         Ok(self
-            .locate(key, &FxHashMap::default(), &mut Change::default())?
+            .locate(key, &FxHashMap::default(), &mut Change::new(1))?
             .map(|(_, e)| e))
     }
 
@@ -315,7 +345,7 @@ where
     /// Adds or replaces entries; returns, per item, whether its key is new
     /// to the table. Nothing changes if the new keys would pass capacity.
     pub fn insert_many(&mut self, items: &[(K, ListEntry)]) -> Result<Vec<bool>, DatapathError> {
-        let mut change = Change::default();
+        let mut change = Change::new(items.len());
         // Sized up front: growing a million-entry map copies it and leaves
         // the heap fragmented, which the agent's resident memory shows.
         let hasher = rustc_hash::FxBuildHasher;
@@ -374,18 +404,15 @@ where
         }
         self.len += added;
 
-        // New slots: whole but unmarked, then marked; then replacements.
-        if !pending.is_empty() {
-            let map = self.mapping(&mut change)?;
-            for (i, s) in pending.iter().filter(|(i, _)| fresh.contains(i)) {
-                map.set(*i, unmarked(*s));
-            }
-            publish_writes();
-            for (i, s) in &pending {
-                map.set(*i, *s);
-            }
-            publish_writes();
-        }
+        // New slots whole but unmarked; then every slot, marked.
+        self.write_slots(
+            &mut change,
+            pending
+                .iter()
+                .filter(|(i, _)| fresh.contains(i))
+                .map(|(i, s)| (*i, unmarked(*s))),
+        )?;
+        self.write_slots(&mut change, pending.iter().map(|(i, s)| (*i, *s)))?;
         for (k, e) in &spills {
             self.maps
                 .spill
@@ -415,7 +442,7 @@ where
 
     /// Removes keys; returns, per key, whether the table held it.
     pub fn remove_many(&mut self, keys: &[K]) -> Result<Vec<bool>, DatapathError> {
-        let mut change = Change::default();
+        let mut change = Change::new(keys.len());
         let mut pending: FxHashMap<u32, Slot<K>> =
             FxHashMap::with_capacity_and_hasher(keys.len(), rustc_hash::FxBuildHasher);
         let mut emptied = Vec::new();
@@ -444,13 +471,7 @@ where
             }
         }
         self.len -= removed.iter().filter(|r| **r).count() as u64;
-        if !pending.is_empty() {
-            let map = self.mapping(&mut change)?;
-            for (i, s) in &pending {
-                map.set(*i, *s);
-            }
-            publish_writes();
-        }
+        self.write_slots(&mut change, pending.iter().map(|(i, s)| (*i, *s)))?;
         self.write_flags(&emptied)?;
         Ok(removed)
     }

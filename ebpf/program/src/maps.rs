@@ -31,8 +31,8 @@ pub static IFACE_SLOTS: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
-/// The list tables are memory-mappable so the agent reads them back
-/// without a syscall per slot (`agent/src/list_table.rs`).
+/// The list tables are memory-mappable so the agent reads and writes slots
+/// in place, without a syscall per slot (`agent/src/list_table.rs`).
 #[map]
 static ALLOW_V4: Array<V4Slot> = Array::with_max_entries(1 << 17, BPF_F_MMAPABLE);
 #[map]
