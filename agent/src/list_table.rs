@@ -10,12 +10,12 @@
 use std::{collections::HashMap as StdHashMap, os::fd::OwnedFd};
 
 use aya::maps::{Array, HashMap, MapData, MapError};
-// Slot indexes come from a keyed hash, so a fast unkeyed hasher is safe
-// for maps keyed by them, and a million-entry import spends far less in it.
 use rampart_common::{
     abi::{ListEntry, V4Key, V6Key},
     list_table::{Slot, TableKey, WAYS, buckets, fingerprint, flag_slot},
 };
+// Slot indexes come from a keyed hash, so a fast unkeyed hasher is safe
+// for maps keyed by them, and a million-entry import spends far less in it.
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::datapath::{DatapathError, batch_update, map_err, read_array};
