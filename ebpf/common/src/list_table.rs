@@ -44,15 +44,28 @@ const _: () = {
     assert!(core::mem::size_of::<V6Slot>() == 40);
 };
 
-/// A key a list table holds.
+/// A key a list table holds. The mark lives in the key's prefix length,
+/// which every key type has.
 pub trait TableKey: Copy {
     /// A keyed hash of the key as given (without [`USED`]).
     fn table_hash(&self, seed: u64) -> u64;
-    /// The key with [`USED`] set or cleared.
-    fn marked(self, used: bool) -> Self;
-    fn is_used(&self) -> bool;
     /// Equal in every stored bit, the mark included.
     fn same(&self, other: &Self) -> bool;
+    fn prefix_len_mut(&mut self) -> &mut u32;
+    fn prefix_len(&self) -> u32;
+
+    /// The key with [`USED`] set or cleared.
+    #[inline(always)]
+    fn marked(mut self, used: bool) -> Self {
+        let len = self.prefix_len_mut();
+        *len = if used { *len | USED } else { *len & !USED };
+        self
+    }
+
+    #[inline(always)]
+    fn is_used(&self) -> bool {
+        self.prefix_len() & USED != 0
+    }
 }
 
 impl V4Key {
@@ -70,23 +83,18 @@ impl TableKey for V4Key {
     }
 
     #[inline(always)]
-    fn marked(mut self, used: bool) -> Self {
-        self.prefix_len = if used {
-            self.prefix_len | USED
-        } else {
-            self.prefix_len & !USED
-        };
-        self
-    }
-
-    #[inline(always)]
-    fn is_used(&self) -> bool {
-        self.prefix_len & USED != 0
-    }
-
-    #[inline(always)]
     fn same(&self, other: &Self) -> bool {
         self.word() == other.word()
+    }
+
+    #[inline(always)]
+    fn prefix_len_mut(&mut self) -> &mut u32 {
+        &mut self.prefix_len
+    }
+
+    #[inline(always)]
+    fn prefix_len(&self) -> u32 {
+        self.prefix_len
     }
 }
 
@@ -98,21 +106,6 @@ impl TableKey for V6Key {
     }
 
     #[inline(always)]
-    fn marked(mut self, used: bool) -> Self {
-        self.prefix_len = if used {
-            self.prefix_len | USED
-        } else {
-            self.prefix_len & !USED
-        };
-        self
-    }
-
-    #[inline(always)]
-    fn is_used(&self) -> bool {
-        self.prefix_len & USED != 0
-    }
-
-    #[inline(always)]
     fn same(&self, other: &Self) -> bool {
         // One test of all the words: a branch per word would multiply the
         // paths the verifier walks.
@@ -121,6 +114,16 @@ impl TableKey for V6Key {
             | (self.addr.words[0] ^ other.addr.words[0])
             | (self.addr.words[1] ^ other.addr.words[1]))
             == 0
+    }
+
+    #[inline(always)]
+    fn prefix_len_mut(&mut self) -> &mut u32 {
+        &mut self.prefix_len
+    }
+
+    #[inline(always)]
+    fn prefix_len(&self) -> u32 {
+        self.prefix_len
     }
 }
 
