@@ -206,3 +206,46 @@ fn a_full_rate_table_meters_newcomers_and_keeps_tracked_sources() {
     // The tracked source kept its (empty) bucket: not reset by the flood.
     assert_eq!(p.run(&legit).counted, (action::DROP, reason::RATELIMIT));
 }
+
+#[test]
+fn ways_of_quiet_sources_go_to_newcomers_and_of_active_ones_do_not() {
+    let mut p = Plane::new();
+    let mut pol = policy(1, 1);
+    // Long enough that the flood below ends well before a way can idle out.
+    pol.idle_ns = 2_000_000_000;
+    p.policies(&[pol]);
+    let send = |p: &Plane, round: u32, n: u32| {
+        (0..n)
+            .filter(|i| {
+                let src = format!("10.{round}.{}.{}", (i >> 8) & 255, i & 255);
+                p.dp.test_run(&F::tcp(&src, SERVER).build()).unwrap() == XDP_PASS
+            })
+            .count() as u64
+    };
+    let evictions = |p: &Plane| p.dp.stats().unwrap()[stat::RATE_EVICTIONS as usize];
+    // Four times the table's 1024 ways: every set fills.
+    let start = now_ns();
+    send(&p, 1, 4096);
+    assert!(
+        p.dp.stats().unwrap()[stat::RATE_OVERFLOW as usize] > 0,
+        "the table never filled"
+    );
+    let before = evictions(&p);
+    send(&p, 2, 256);
+    assert!(
+        now_ns() - start < pol.idle_ns,
+        "the flood took longer than the idle time"
+    );
+    assert_eq!(evictions(&p), before, "ways of active sources were taken");
+    // Once every source has been quiet for the idle time, a newcomer takes
+    // a way, with a full bucket. Up to 256 newcomers in 256 sets of four
+    // ways: a few sets get more than four, so not every one finds a way.
+    sleep(Duration::from_nanos(pol.idle_ns) + Duration::from_millis(300));
+    let passed = send(&p, 3, 256);
+    let taken = evictions(&p) - before;
+    assert!(
+        taken >= 240,
+        "only {taken} of 256 newcomers took an idle way"
+    );
+    assert!(passed >= 240, "only {passed} of 256 newcomers passed");
+}

@@ -17,8 +17,8 @@ use aya::{
 };
 use rampart_common::{
     abi::{
-        BanEntry, BucketSet, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, ListEntry,
-        MAX_POLICIES, MAX_PREFIX_LENS, OverflowBucket, PROGRAM_NAME, Policy, PrefixLens, V4Key,
+        BanEntry, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, ListEntry, MAX_POLICIES,
+        MAX_PREFIX_LENS, PROGRAM_NAME, Policy, PrefixLens, RateBuckets, RateExtra, RateSet, V4Key,
         V6Key, config_flag, list_table_index, map_name, policy_flag, slash24, stat,
     },
     decide::{BanStarted, List, Tables},
@@ -51,10 +51,10 @@ pub struct Capacities {
     pub bans_v4: u32,
     pub bans_v6: u32,
     /// Sets of the rate table (rounded up to a power of two); each holds
-    /// four sources. The default (65,536 sources, 2.5 MiB with the overflow
-    /// buckets) stays in cache: a spoofed flood reads a random set per
-    /// packet, and at four times the size each read costs a cache and TLB
-    /// miss (docs/benchmarks.md). A spoofed flood fills any size within
+    /// four sources. A spoofed flood reads 32 bytes of a random set per
+    /// packet; the default's sets (65,536 sources, 512 KiB; 2.5 MiB with the
+    /// buckets) stay in a core's cache, and at four times the size each read
+    /// costs a cache miss (docs/benchmarks.md). A spoofed flood fills any size within
     /// milliseconds, so more sets buy room for legitimate sources in calm
     /// times, not resilience under attack.
     pub rate_sets: u32,
@@ -146,8 +146,9 @@ pub struct Datapath {
     bans_v4: HashMap<MapData, V4Key, BanEntry>,
     bans_v6: HashMap<MapData, V6Key, BanEntry>,
     policies: Array<MapData, Policy>,
-    rate_sets: Array<MapData, BucketSet>,
-    rate_overflow: Array<MapData, OverflowBucket>,
+    rate_sets: Array<MapData, RateSet>,
+    rate_buckets: Array<MapData, RateBuckets>,
+    rate_extra: Array<MapData, RateExtra>,
     events: Option<RingBuf<MapData>>,
     allow_lens: LenCounts,
     block_lens: LenCounts,
@@ -188,7 +189,7 @@ const LIST_TABLES: [(&str, &str, &str); 4] = [
 ];
 
 /// Names of every map, with the pin file each has under a pin directory.
-pub const MAP_NAMES: [&str; 26] = [
+pub const MAP_NAMES: [&str; 27] = [
     map_name::CONFIG,
     map_name::CONFIG_ACTIVE,
     map_name::IFACE_SLOTS,
@@ -210,7 +211,8 @@ pub const MAP_NAMES: [&str; 26] = [
     map_name::BANS_V6,
     map_name::POLICIES,
     map_name::RATE_SETS,
-    map_name::RATE_OVERFLOW,
+    map_name::RATE_BUCKETS,
+    map_name::RATE_EXTRA,
     map_name::EVENTS,
     map_name::V4_SLASH24,
     "SAMPLER",
@@ -256,7 +258,8 @@ impl Datapath {
             .map_max_entries(map_name::BANS_V4, capacities.bans_v4)
             .map_max_entries(map_name::BANS_V6, capacities.bans_v6)
             .map_max_entries(map_name::RATE_SETS, rate_sets)
-            .map_max_entries(map_name::RATE_OVERFLOW, rate_sets);
+            .map_max_entries(map_name::RATE_BUCKETS, rate_sets)
+            .map_max_entries(map_name::RATE_EXTRA, rate_sets);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -367,7 +370,8 @@ impl Datapath {
             bans_v6: take!(map_name::BANS_V6),
             policies: take!(map_name::POLICIES),
             rate_sets: take!(map_name::RATE_SETS),
-            rate_overflow: take!(map_name::RATE_OVERFLOW),
+            rate_buckets: take!(map_name::RATE_BUCKETS),
+            rate_extra: take!(map_name::RATE_EXTRA),
             events: Some(take!(map_name::EVENTS)),
             ebpf,
             allow_lens: LenCounts::default(),
@@ -930,11 +934,14 @@ impl Datapath {
     pub fn reset_rate_table(&mut self) -> Result<(), DatapathError> {
         for i in 0..self.capacities.rate_sets {
             self.rate_sets
-                .set(i, BucketSet::default(), 0)
+                .set(i, RateSet::default(), 0)
                 .map_err(map_err(map_name::RATE_SETS))?;
-            self.rate_overflow
-                .set(i, OverflowBucket::default(), 0)
-                .map_err(map_err(map_name::RATE_OVERFLOW))?;
+            self.rate_buckets
+                .set(i, RateBuckets::default(), 0)
+                .map_err(map_err(map_name::RATE_BUCKETS))?;
+            self.rate_extra
+                .set(i, RateExtra::default(), 0)
+                .map_err(map_err(map_name::RATE_EXTRA))?;
         }
         Ok(())
     }
@@ -995,11 +1002,12 @@ impl Tables for ReadOnlyView<'_> {
     fn with_rate_set<R>(
         &self,
         index: u32,
-        f: impl FnOnce(&mut BucketSet, &mut OverflowBucket) -> R,
+        f: impl FnOnce(&mut RateSet, &mut RateBuckets, &mut RateExtra) -> R,
     ) -> Option<R> {
         let mut set = self.0.rate_sets.get(&index, 0).ok()?;
-        let mut overflow = self.0.rate_overflow.get(&index, 0).ok()?;
-        Some(f(&mut set, &mut overflow))
+        let mut buckets = self.0.rate_buckets.get(&index, 0).ok()?;
+        let mut extra = self.0.rate_extra.get(&index, 0).ok()?;
+        Some(f(&mut set, &mut buckets, &mut extra))
     }
 
     fn count(&self, _stat: u32) {}

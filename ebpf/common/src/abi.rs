@@ -6,7 +6,7 @@
 
 /// Bumped whenever a map's key or value layout changes; pins live under a
 /// directory named after it so an agent never adopts maps it cannot read.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Map names as the kernel and the pin directory see them (at most 15 bytes).
 pub mod map_name {
@@ -33,7 +33,8 @@ pub mod map_name {
     pub const BANS_V6: &str = "BANS_V6";
     pub const POLICIES: &str = "POLICIES";
     pub const RATE_SETS: &str = "RATE_SETS";
-    pub const RATE_OVERFLOW: &str = "RATE_OVERFLOW";
+    pub const RATE_BUCKETS: &str = "RATE_BUCKETS";
+    pub const RATE_EXTRA: &str = "RATE_EXTRA";
     pub const EVENTS: &str = "EVENTS";
     pub const V4_SLASH24: &str = "V4_SLASH24";
 }
@@ -423,42 +424,64 @@ pub struct Policy {
 
 pub const RATE_WAYS: usize = 4;
 
-/// A set of the set-associative rate table (an entry of the `RATE_SETS`
-/// array, which is memory-mappable so that its values are page-aligned and
-/// a set is exactly two cache lines). A source hashes to one set and takes
-/// any of its ways; when every way is busy, it is metered by the set's
-/// shared [`OverflowBucket`] instead of evicting a source that is still
-/// active. Lookups never insert into or evict from a kernel hash table, so a
-/// spoofed flood costs what a flood from a few sources costs.
+/// Rate-table times a set packs into 32 bits count ticks of 2^20 ns (about
+/// 1 ms, finer than the kernel clock the program reads, which moves with
+/// the scheduler tick); they wrap after about 52 days.
+pub const RATE_TICK_SHIFT: u32 = 20;
+
+/// A set of the set-associative rate table (an entry of `RATE_SETS`): what
+/// a packet of a new source reads. A source hashes to one set and takes any
+/// of its ways; when every way is held by an active source, it is metered by
+/// the set's shared overflow bucket instead of evicting one. Lookups never
+/// insert into or evict from a kernel hash table, so a spoofed flood costs
+/// what a flood from a few sources costs.
 ///
-/// The first line holds what a lookup compares (tags) and what choosing a
-/// victim reads (last use), so a new source that finds every way busy
-/// touches one line of the set; the second line holds the tokens.
-#[repr(C, align(64))]
+/// 32 bytes, two sets to a cache line: a spoofed flood reads a random set
+/// per packet, and at this size the default table's sets (512 KiB) stay in
+/// a core's cache, where a line per set (1 MiB) did not. The ways' buckets
+/// live in [`RateBuckets`] and [`RateExtra`], indexed like the sets and read
+/// only for a source that holds (or takes) a way.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BucketSet {
+pub struct RateSet {
     /// A keyed hash of the aggregated source, its prefix length and policy
     /// (never 0); 0 marks a free way.
     pub tags: [u32; RATE_WAYS],
-    /// Drops since the way's bucket was last full.
-    pub violations: [u32; RATE_WAYS],
+    /// The tick of the least recent use of any held way, or earlier: when
+    /// even that way is not idle, a newcomer goes to the overflow bucket
+    /// without reading the ways. It only moves forward, so a write lost to
+    /// a race leaves it earlier, which only costs a read of the ways.
+    pub oldest: u32,
+    /// The overflow bucket: the tick of its last refill, and its packet
+    /// tokens (units of 1e-9 packet).
+    pub overflow_at: u32,
+    pub overflow_pkt_tokens: u64,
+}
+
+/// The packet buckets of one set's ways (an entry of `RATE_BUCKETS`): what a
+/// tracked source's packet reads and writes, one cache line.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateBuckets {
+    /// Monotonic ns of each way's last refill.
     pub last_ns: [u64; RATE_WAYS],
     /// Packet tokens, in units of 1e-9 packet.
     pub pkt_tokens: [u64; RATE_WAYS],
-    /// Byte tokens, in units of 1e-9 byte.
-    pub byte_tokens: [u64; RATE_WAYS],
 }
 
-/// The shared bucket of one set (an entry of `RATE_OVERFLOW`, indexed like
-/// `RATE_SETS`), for new sources that find every way busy.
-#[repr(C)]
+/// What only some policies use (an entry of `RATE_EXTRA`): drop counts
+/// toward a ban, and byte buckets (units of 1e-9 byte). A policy without a
+/// ban threshold or a byte limit never touches it. A way keeps whatever its
+/// fields held when a policy without them claimed it; a policy that gains a
+/// byte limit refills the bucket capped at its burst (what a new source
+/// starts with), and a claim under a banning policy clears the count.
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OverflowBucket {
-    pub last_ns: u64,
-    pub pkt_tokens: u64,
-    pub byte_tokens: u64,
-    /// Always zero (the shared bucket never bans, so it counts no
-    /// violations); keeps the size a power of two.
+pub struct RateExtra {
+    /// Drops since the way's bucket was last full.
+    pub violations: [u32; RATE_WAYS],
+    pub byte_tokens: [u64; RATE_WAYS],
+    pub overflow_byte_tokens: u64,
     pub pad: u64,
 }
 
@@ -509,7 +532,8 @@ const _: () = {
     assert!(size_of::<ListEntry>() == 16);
     assert!(size_of::<BanEntry>() == 16);
     assert!(size_of::<Policy>() == 16 + 9 * 8);
-    assert!(size_of::<BucketSet>() == 128);
-    assert!(size_of::<OverflowBucket>() == 32);
+    assert!(size_of::<RateSet>() == 32);
+    assert!(size_of::<RateBuckets>() == 64);
+    assert!(size_of::<RateExtra>() == 64);
     assert!(size_of::<Event>() == 16 + 32 + 4 + 8 + 8 + 4);
 };

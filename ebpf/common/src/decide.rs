@@ -5,9 +5,9 @@
 //! maps, [`crate::model`] over plain collections.
 use crate::{
     abi::{
-        Addr, BanEntry, BucketSet, Config, ListEntry, MAX_POLICIES, MAX_PREFIX_LENS, NO_POLICY,
-        OverflowBucket, Policy, PrefixLens, RATE_WAYS, V4Key, V6Key, action, config_flag,
-        entry_flag, policy_flag, proto, reason, slash24, stat,
+        Addr, BanEntry, Config, ListEntry, MAX_POLICIES, MAX_PREFIX_LENS, NO_POLICY, Policy,
+        PrefixLens, RATE_TICK_SHIFT, RATE_WAYS, RateBuckets, RateExtra, RateSet, V4Key, V6Key,
+        action, config_flag, entry_flag, policy_flag, proto, reason, slash24, stat,
     },
     addr::{mask_v4_word, mask_v6, rate_hash, v4_key_word, v4_len, v6_key},
     bucket::{SCALE, refill, scaled},
@@ -81,12 +81,13 @@ pub trait Tables {
     fn set_ban_v4(&self, key: &V4Key, ban: &BanEntry) -> bool;
     fn set_ban_v6(&self, key: &V6Key, ban: &BanEntry) -> bool;
     fn policy(&self, index: u32) -> Option<&Policy>;
-    /// Runs `f` on one set of the rate table and its overflow bucket;
-    /// `None` if the index is out of range.
+    /// Runs `f` on one set of the rate table, its ways' packet buckets and
+    /// its extras (entries `index` of `RATE_SETS`, `RATE_BUCKETS` and
+    /// `RATE_EXTRA`); `None` if the index is out of range.
     fn with_rate_set<R>(
         &self,
         index: u32,
-        f: impl FnOnce(&mut BucketSet, &mut OverflowBucket) -> R,
+        f: impl FnOnce(&mut RateSet, &mut RateBuckets, &mut RateExtra) -> R,
     ) -> Option<R>;
     /// Adds one to a [`stat`] counter.
     fn count(&self, stat: u32);
@@ -303,13 +304,20 @@ pub fn aggregate(p: &Policy, src: &Source) -> (Addr, u8) {
     }
 }
 
-/// One token bucket, wherever its fields live (a way of a set, or a set's
-/// overflow bucket).
-pub struct Bucket<'a> {
-    pub last_ns: &'a mut u64,
-    pub pkt_tokens: &'a mut u64,
-    pub byte_tokens: &'a mut u64,
+/// A monotonic time in the ticks a [`RateSet`] stores (wrapping).
+#[inline(always)]
+pub fn rate_tick(now_ns: u64) -> u32 {
+    (now_ns >> RATE_TICK_SHIFT) as u32
 }
+
+#[inline(always)]
+fn ticks_ns(ticks: u32) -> u64 {
+    (ticks as u64) << RATE_TICK_SHIFT
+}
+
+/// Ticks by which one CPU's clock may trail the one that last wrote a set
+/// (each CPU reads a clock that moves with its own scheduler tick).
+const SKEW_TICKS: u32 = 1 << 10;
 
 /// Meters one packet against policy `index`; true when it conforms. May
 /// start a ban (unless dry-run).
@@ -333,62 +341,67 @@ pub fn meter<T: Tables + ?Sized>(
     // The tag uses the other half of the hash, so sources sharing a set
     // differ in it; never 0, which marks a free way.
     let tag = ((hash >> 32) as u32) | 1;
-    let outcome = t.with_rate_set(set_index, |set, overflow| {
+    let outcome = t.with_rate_set(set_index, |set, buckets, extra| {
         let mut found = RATE_WAYS;
-        let mut victim = RATE_WAYS;
-        let mut victim_last = u64::MAX;
+        let mut free = false;
         for w in 0..RATE_WAYS {
             if set.tags[w] == tag {
                 found = w;
                 break;
             }
-            let last = set.last_ns[w];
-            let idle = set.tags[w] == 0 || now.saturating_sub(last) > p.idle_ns;
-            if idle && last < victim_last {
-                victim = w;
-                victim_last = last;
-            }
+            free |= set.tags[w] == 0;
         }
-        let (way, moved) = if found < RATE_WAYS {
-            (found, u32::MAX)
-        } else if victim < RATE_WAYS {
+        // `claimed`: the set's ways changed hands, so its oldest use is
+        // counted afresh.
+        let (way, moved, claimed) = if found < RATE_WAYS {
+            (found, u32::MAX, false)
+        } else {
+            let victim = if free || may_have_idle_way(set, p, now) {
+                idle_way(set, buckets, p, now)
+            } else {
+                RATE_WAYS
+            };
+            if victim == RATE_WAYS {
+                // Every way is held by an active source: meter the newcomer
+                // with the set's shared bucket rather than evict or wave it
+                // through.
+                let ok = take_overflow(set, extra, p, len, now);
+                return (ok, false, stat::RATE_OVERFLOW);
+            }
             let moved = if set.tags[victim] != 0 {
                 stat::RATE_EVICTIONS
             } else {
                 u32::MAX
             };
-            claim(set, victim, tag, p, now);
-            (victim, moved)
-        } else {
-            // Every way is held by an active source: meter the newcomer with
-            // the set's shared bucket rather than evict or wave it through.
-            let bucket = Bucket {
-                last_ns: &mut overflow.last_ns,
-                pkt_tokens: &mut overflow.pkt_tokens,
-                byte_tokens: &mut overflow.byte_tokens,
-            };
-            let ok = take(bucket, p, len, now).0;
-            return (ok, false, stat::RATE_OVERFLOW);
+            claim(set, buckets, extra, victim, tag, p, now);
+            (victim, moved, true)
         };
-        let bucket = Bucket {
-            last_ns: &mut set.last_ns[way],
-            pkt_tokens: &mut set.pkt_tokens[way],
-            byte_tokens: &mut set.byte_tokens[way],
-        };
-        let (ok, refilled) = take(bucket, p, len, now);
-        // A source that paused until its bucket filled starts its count afresh.
-        let violations = &mut set.violations[way];
-        if refilled {
-            *violations = 0;
+        let last = &mut buckets.last_ns[way];
+        let elapsed = now.saturating_sub(*last);
+        // Within the tick of its last use, a way's use leaves the set's
+        // oldest as it was: a busy source skips the count.
+        let new_tick = rate_tick(now) != rate_tick(*last);
+        if now > *last {
+            *last = now;
         }
-        if !ok {
-            *violations = violations.saturating_add(1);
+        let (ok, refilled) = take(
+            &mut buckets.pkt_tokens[way],
+            &mut extra.byte_tokens[way],
+            elapsed,
+            p,
+            len,
+        );
+        if claimed || new_tick {
+            let oldest = rate_tick(oldest_use(set, buckets));
+            if set.oldest != oldest {
+                set.oldest = oldest;
+            }
         }
-        let ban_due = !ok && p.ban_threshold != 0 && *violations >= p.ban_threshold;
-        if ban_due {
-            *violations = 0;
-        }
-        (ok, ban_due, moved)
+        (
+            ok,
+            ban_due(&mut extra.violations[way], p, ok, refilled),
+            moved,
+        )
     });
     let Some((ok, ban_due, moved)) = outcome else {
         // No rate table: a missing table never drops.
@@ -403,39 +416,139 @@ pub fn meter<T: Tables + ?Sized>(
     ok
 }
 
-/// Hands way `w` to a new source with a full bucket.
+/// False when every way of a full set is surely busy, from the set's
+/// oldest use to the tick (rounded towards idle), so that a newcomer is
+/// metered without reading the ways' buckets. A clock behind the set's
+/// reads as long idle: the exact test then decides.
 #[inline(always)]
-fn claim(set: &mut BucketSet, w: usize, tag: u32, p: &Policy, now: u64) {
-    set.tags[w] = tag;
-    set.violations[w] = 0;
-    set.last_ns[w] = now;
-    set.pkt_tokens[w] = scaled(p.pps_burst);
-    set.byte_tokens[w] = scaled(p.bps_burst);
+fn may_have_idle_way(set: &RateSet, p: &Policy, now: u64) -> bool {
+    let since = ticks_ns(rate_tick(now).wrapping_sub(set.oldest));
+    since + ticks_ns(1) > p.idle_ns
 }
 
-/// Refills a bucket and takes one packet (and its bytes) if both fit.
-/// Returns (conforms, the packet bucket was full before this packet).
+/// The way a newcomer may take: free, or idle for longer than the policy
+/// allows, the least recently used first; `RATE_WAYS` if none.
 #[inline(always)]
-pub fn take(b: Bucket<'_>, p: &Policy, len: u32, now: u64) -> (bool, bool) {
-    let elapsed = now.saturating_sub(*b.last_ns);
-    let pkt = refill(*b.pkt_tokens, elapsed, p.pps, p.pps_fill_ns, p.pps_burst);
+fn idle_way(set: &RateSet, buckets: &RateBuckets, p: &Policy, now: u64) -> usize {
+    let mut victim = RATE_WAYS;
+    let mut victim_last = u64::MAX;
+    for w in 0..RATE_WAYS {
+        let last = buckets.last_ns[w];
+        let idle = set.tags[w] == 0 || now.saturating_sub(last) > p.idle_ns;
+        if idle && last < victim_last {
+            victim = w;
+            victim_last = last;
+        }
+    }
+    victim
+}
+
+/// The least recent last use of any held way (called once a way is held).
+#[inline(always)]
+fn oldest_use(set: &RateSet, buckets: &RateBuckets) -> u64 {
+    let mut oldest = u64::MAX;
+    for w in 0..RATE_WAYS {
+        if set.tags[w] != 0 && buckets.last_ns[w] < oldest {
+            oldest = buckets.last_ns[w];
+        }
+    }
+    oldest
+}
+
+/// Hands way `w` to a new source with full buckets. The extras are written
+/// only when the policy uses them.
+#[inline(always)]
+fn claim(
+    set: &mut RateSet,
+    buckets: &mut RateBuckets,
+    extra: &mut RateExtra,
+    w: usize,
+    tag: u32,
+    p: &Policy,
+    now: u64,
+) {
+    set.tags[w] = tag;
+    buckets.last_ns[w] = now;
+    buckets.pkt_tokens[w] = scaled(p.pps_burst);
+    if p.bps != 0 {
+        extra.byte_tokens[w] = scaled(p.bps_burst);
+    }
+    if p.ban_threshold != 0 {
+        extra.violations[w] = 0;
+    }
+}
+
+/// Meters a newcomer with the set's overflow bucket, whose time is kept in
+/// ticks. A clock a little behind the last writer's refills nothing and
+/// leaves the time alone. An overflow bucket left unused for a multiple of
+/// about 52 days sees its time wrap and refills as if less time had passed:
+/// at worst its newcomers wait one fill time, and never get more than a
+/// burst.
+#[inline(always)]
+fn take_overflow(set: &mut RateSet, extra: &mut RateExtra, p: &Policy, len: u32, now: u64) -> bool {
+    let now = rate_tick(now);
+    let since = now.wrapping_sub(set.overflow_at);
+    let elapsed = if since > u32::MAX - SKEW_TICKS {
+        0
+    } else {
+        set.overflow_at = now;
+        ticks_ns(since)
+    };
+    take(
+        &mut set.overflow_pkt_tokens,
+        &mut extra.overflow_byte_tokens,
+        elapsed,
+        p,
+        len,
+    )
+    .0
+}
+
+/// Counts a way's drop toward a ban; true when the ban is due. Policies
+/// without a ban threshold leave the count alone (it lives on another cache
+/// line). A source that paused until its bucket filled starts afresh.
+#[inline(always)]
+fn ban_due(violations: &mut u32, p: &Policy, ok: bool, refilled: bool) -> bool {
+    if p.ban_threshold == 0 {
+        return false;
+    }
+    if refilled {
+        *violations = 0;
+    }
+    if !ok {
+        *violations = violations.saturating_add(1);
+    }
+    let due = !ok && *violations >= p.ban_threshold;
+    if due {
+        *violations = 0;
+    }
+    due
+}
+
+/// Refills a bucket by `elapsed` ns and takes one packet (and its bytes) if
+/// both fit. Returns (conforms, the packet bucket was full before this
+/// packet). Without a byte limit the byte bucket is neither read nor
+/// written: it lives on another cache line.
+#[inline(always)]
+pub fn take(
+    pkt_tokens: &mut u64,
+    byte_tokens: &mut u64,
+    elapsed: u64,
+    p: &Policy,
+    len: u32,
+) -> (bool, bool) {
+    let pkt = refill(*pkt_tokens, elapsed, p.pps, p.pps_fill_ns, p.pps_burst);
     let bytes = if p.bps != 0 {
-        refill(*b.byte_tokens, elapsed, p.bps, p.bps_fill_ns, p.bps_burst)
+        refill(*byte_tokens, elapsed, p.bps, p.bps_fill_ns, p.bps_burst)
     } else {
         0
     };
-    if now > *b.last_ns {
-        *b.last_ns = now;
-    }
     let refilled = pkt == scaled(p.pps_burst);
     let need_bytes = scaled(len as u64);
     let ok = pkt >= SCALE && (p.bps == 0 || bytes >= need_bytes);
-    if ok {
-        *b.pkt_tokens = pkt - SCALE;
-        *b.byte_tokens = if p.bps != 0 { bytes - need_bytes } else { 0 };
-    } else {
-        *b.pkt_tokens = pkt;
-        *b.byte_tokens = bytes;
+    *pkt_tokens = if ok { pkt - SCALE } else { pkt };
+    if p.bps != 0 {
+        *byte_tokens = if ok { bytes - need_bytes } else { bytes };
     }
     (ok, refilled)
 }
@@ -498,4 +611,72 @@ fn start_ban<T: Tables + ?Sized>(
         addr,
         ban,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(pps: u64, burst: u64) -> Policy {
+        Policy {
+            pps,
+            pps_burst: burst,
+            pps_fill_ns: crate::bucket::fill_ns(pps, burst),
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn the_overflow_bucket_refills_by_ticks_and_never_from_a_clock_behind() {
+        let p = policy(1000, 10);
+        let (mut set, mut extra) = (RateSet::default(), RateExtra::default());
+        // On a tick's edge, so that 5 ms later is 4 ticks later.
+        let t0 = ticks_ns(1 << 22);
+        // A fresh bucket fills at once (its time is far in the past).
+        let passed = (0..20)
+            .filter(|_| take_overflow(&mut set, &mut extra, &p, 64, t0))
+            .count();
+        assert_eq!(passed, 10, "one burst");
+        let at = set.overflow_at;
+        // A CPU whose clock trails by a tick refills nothing, and does not
+        // move the bucket's time back.
+        let behind = t0 - ticks_ns(1);
+        assert!(!take_overflow(&mut set, &mut extra, &p, 64, behind));
+        assert_eq!(set.overflow_at, at);
+        // 5 ms later, 4 whole ticks (4.2 ms): 4 packets at 1000/s.
+        let later = t0 + 5_000_000;
+        let passed = (0..10)
+            .filter(|_| take_overflow(&mut set, &mut extra, &p, 64, later))
+            .count();
+        assert_eq!(passed, 4);
+    }
+
+    #[test]
+    fn a_set_reads_as_busy_only_while_its_oldest_way_is() {
+        let p = Policy {
+            idle_ns: SCALE,
+            ..policy(10, 10)
+        };
+        // Ways last used anywhere within a tick.
+        for offset in (0..ticks_ns(1)).step_by(100_000) {
+            let t0 = ticks_ns(1 << 22) + offset;
+            let mut set = RateSet::default();
+            let mut buckets = RateBuckets::default();
+            for w in 0..RATE_WAYS {
+                set.tags[w] = w as u32 + 1;
+                buckets.last_ns[w] = t0 + w as u64 * 1000;
+            }
+            set.oldest = rate_tick(oldest_use(&set, &buckets));
+            // The filter must never call a set busy when a way is idle:
+            // check it against the exact test at times around the edge.
+            for dt in (0..4 * ticks_ns(1)).step_by(50_000) {
+                let now = t0 + SCALE + dt;
+                let exact = idle_way(&set, &buckets, &p, now) < RATE_WAYS;
+                assert!(
+                    may_have_idle_way(&set, &p, now) || !exact,
+                    "busy by the filter, idle {dt} ns after {offset}"
+                );
+            }
+        }
+    }
 }

@@ -9,7 +9,8 @@ use std::{cell::RefCell, collections::HashMap, vec::Vec};
 
 use crate::{
     abi::{
-        BanEntry, BucketSet, Config, ListEntry, OverflowBucket, Policy, V4Key, V6Key, slash24, stat,
+        BanEntry, Config, ListEntry, Policy, RateBuckets, RateExtra, RateSet, V4Key, V6Key,
+        slash24, stat,
     },
     decide::{BanStarted, List, Tables, Verdict, decide},
     parse::parse,
@@ -27,8 +28,9 @@ pub struct ModelTables {
     /// Capacity of each ban table.
     pub ban_capacity: usize,
     pub policies: Vec<Policy>,
-    pub rate_sets: RefCell<Vec<BucketSet>>,
-    pub rate_overflow: RefCell<Vec<OverflowBucket>>,
+    pub rate_sets: RefCell<Vec<RateSet>>,
+    pub rate_buckets: RefCell<Vec<RateBuckets>>,
+    pub rate_extra: RefCell<Vec<RateExtra>>,
     pub stats: RefCell<[u64; stat::COUNT as usize]>,
     pub bans_started: RefCell<Vec<BanStarted>>,
 }
@@ -103,13 +105,13 @@ impl Tables for ModelTables {
     fn with_rate_set<R>(
         &self,
         index: u32,
-        f: impl FnOnce(&mut BucketSet, &mut OverflowBucket) -> R,
+        f: impl FnOnce(&mut RateSet, &mut RateBuckets, &mut RateExtra) -> R,
     ) -> Option<R> {
+        let i = index as usize;
         let mut sets = self.rate_sets.borrow_mut();
-        let mut overflow = self.rate_overflow.borrow_mut();
-        let set = sets.get_mut(index as usize)?;
-        let over = overflow.get_mut(index as usize)?;
-        Some(f(set, over))
+        let mut buckets = self.rate_buckets.borrow_mut();
+        let mut extra = self.rate_extra.borrow_mut();
+        Some(f(sets.get_mut(i)?, buckets.get_mut(i)?, extra.get_mut(i)?))
     }
 
     fn count(&self, stat: u32) {
@@ -151,8 +153,9 @@ impl Model {
         let sets = rate_sets.next_power_of_two();
         let mut m = Self::default();
         m.config.rate_set_mask = (sets - 1) as u32;
-        m.tables.rate_sets = RefCell::new(std::vec![BucketSet::default(); sets]);
-        m.tables.rate_overflow = RefCell::new(std::vec![OverflowBucket::default(); sets]);
+        m.tables.rate_sets = RefCell::new(std::vec![RateSet::default(); sets]);
+        m.tables.rate_buckets = RefCell::new(std::vec![RateBuckets::default(); sets]);
+        m.tables.rate_extra = RefCell::new(std::vec![RateExtra::default(); sets]);
         m.tables.ban_capacity = ban_capacity;
         m
     }

@@ -2,8 +2,8 @@
 //! only of integers and byte arrays (see the size asserts in `abi`).
 use crate::{
     abi::{
-        BanEntry, BucketSet, Config, Counter, Event, ListEntry, OverflowBucket, Policy, PrefixLens,
-        V4Key, V6Key,
+        BanEntry, Config, Counter, Event, ListEntry, Policy, PrefixLens, RateBuckets, RateExtra,
+        RateSet, V4Key, V6Key,
     },
     list_table::{V4Slot, V6Slot},
 };
@@ -19,14 +19,15 @@ macro_rules! pod {
 
 pod!(
     BanEntry,
-    BucketSet,
     Config,
     Counter,
     Event,
     ListEntry,
-    OverflowBucket,
     Policy,
     PrefixLens,
+    RateBuckets,
+    RateExtra,
+    RateSet,
     V4Key,
     V4Slot,
     V6Key,

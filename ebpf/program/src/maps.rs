@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use rampart_common::{
     abi::{
-        Addr, BanEntry, BucketSet, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, Event,
-        ListEntry, MAX_IFINDEX, MAX_POLICIES, OverflowBucket, Policy, V4Key, V6Key, action,
+        Addr, BanEntry, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, Event, ListEntry,
+        MAX_IFINDEX, MAX_POLICIES, Policy, RateBuckets, RateExtra, RateSet, V4Key, V6Key, action,
         event_kind, list_table_index, slash24, stat,
     },
     decide::{BanStarted, List, Tables, Verdict},
@@ -69,12 +69,15 @@ static BANS_V4: HashMap<V4Key, BanEntry> = HashMap::with_max_entries(1 << 16, 0)
 static BANS_V6: HashMap<V6Key, BanEntry> = HashMap::with_max_entries(1 << 16, 0);
 #[map]
 static POLICIES: Array<Policy> = Array::with_max_entries(MAX_POLICIES, 0);
-/// Memory-mappable only for the alignment that brings: values start on a
-/// page, so each 128-byte set is exactly two cache lines.
+/// The rate table's maps are memory-mappable only for the alignment that
+/// brings: values start on a page, so two sets share a cache line and each
+/// set's buckets, and extras, fill one.
 #[map]
-static RATE_SETS: Array<BucketSet> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
+static RATE_SETS: Array<RateSet> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
 #[map]
-static RATE_OVERFLOW: Array<OverflowBucket> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
+static RATE_BUCKETS: Array<RateBuckets> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
+#[map]
+static RATE_EXTRA: Array<RateExtra> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
@@ -302,14 +305,18 @@ impl Tables for BpfTables<'_> {
     fn with_rate_set<R>(
         &self,
         index: u32,
-        f: impl FnOnce(&mut BucketSet, &mut OverflowBucket) -> R,
+        f: impl FnOnce(&mut RateSet, &mut RateBuckets, &mut RateExtra) -> R,
     ) -> Option<R> {
+        // Only addresses: nothing is read from a map until `f` reads it.
         let set = RATE_SETS.get_ptr_mut(index)?;
-        let overflow = RATE_OVERFLOW.get_ptr_mut(index)?;
+        let buckets = RATE_BUCKETS.get_ptr_mut(index)?;
+        let extra = RATE_EXTRA.get_ptr_mut(index)?;
         // SAFETY: valid map values. CPUs may race on one source's bucket;
         // the cost is an occasional lost token update, never unsafety, and
         // atomics on every packet would cost more than they save.
-        Some(f(unsafe { &mut *set }, unsafe { &mut *overflow }))
+        Some(f(unsafe { &mut *set }, unsafe { &mut *buckets }, unsafe {
+            &mut *extra
+        }))
     }
 
     #[inline(always)]
