@@ -341,8 +341,136 @@ fn generate(gen_prog: &Xdp, ns: &Netns, dev: &str, frame: &[u8], count: u32) -> 
     t.elapsed().as_secs_f64()
 }
 
+/// A filter on the receiving veth. Each is set up for one measurement and
+/// taken down after it, so that every filter is measured in every round and
+/// drift of the machine's speed over a minute falls on all of them alike.
+#[derive(Clone, Copy)]
+enum Filter {
+    /// The empty XDP_DROP program.
+    Floor,
+    /// The shipped program, the generator's first source blocklisted or not.
+    Rampart { blocked: bool },
+    /// An nftables ruleset at netdev ingress.
+    Nft(&'static str),
+    /// iptables raw with hashlimit per source.
+    Hashlimit,
+}
+
+const NFT_SET_DROP: &str = "table netdev rb {\n  set blk {\n    type ipv4_addr\n    flags interval\n    elements = { 10.0.0.1, 198.18.0.0/15 }\n  }\n  chain in {\n    type filter hook ingress device rbd0 priority 0;\n    ip saddr @blk drop\n  }\n}\n";
+const NFT_METER: &str = "table netdev rb {\n  chain in {\n    type filter hook ingress device rbd0 priority 0;\n    meter m { ip saddr limit rate over 100/second } drop\n  }\n}\n";
+const HASHLIMIT: [&str; 16] = [
+    "-A",
+    "PREROUTING",
+    "-i",
+    "rbd0",
+    "-m",
+    "hashlimit",
+    "--hashlimit-above",
+    "100/second",
+    "--hashlimit-mode",
+    "srcip",
+    "--hashlimit-name",
+    "rb",
+    "-j",
+    "DROP",
+    "-t",
+    "raw",
+];
+
+/// What the generator sends (its source-varying mode and source count)
+/// into which filter.
+struct Row {
+    name: &'static str,
+    filter: Filter,
+    mode: u32,
+    n: u32,
+}
+
+/// The DUT side: the programs that can be attached and the namespace.
+struct Receiver<'a> {
+    dut: &'a Netns,
+    floor: Bench,
+    rampart: Datapath,
+    blocked: bool,
+}
+
+/// Runs `f` with `p` attached natively to the receiving veth.
+fn with_xdp<R>(dut: &Netns, p: &mut Xdp, f: impl FnOnce() -> R) -> R {
+    let id = {
+        let _in = InNetns::enter(dut).expect("enter");
+        p.attach("rbd0", XdpMode::Driver).expect("attach natively")
+    };
+    let r = f();
+    p.detach(id).expect("detach");
+    r
+}
+
+/// Runs `f` with a kernel-stack filter that `setup` installs and `teardown`
+/// removes. Without an XDP program, a veth takes frames its peer sends with
+/// XDP_TX only in NAPI (GRO) mode, so GRO is on meanwhile.
+fn with_stack<R>(dut: &Netns, setup: &[&str], teardown: &[&str], f: impl FnOnce() -> R) -> R {
+    let gro = |on| {
+        dut.exec(&["ethtool", "-K", "rbd0", "gro", on])
+            .expect("set GRO on the receiving veth");
+    };
+    gro("on");
+    dut.exec(setup).expect("install the filter");
+    let r = f();
+    let _ = dut.exec(teardown);
+    gro("off");
+    r
+}
+
+impl Receiver<'_> {
+    /// Sets `filter` up, runs `f`, takes it down.
+    fn with<R>(&mut self, filter: Filter, f: impl FnOnce() -> R) -> R {
+        match filter {
+            Filter::Floor => {
+                let p = self.floor.dp.other_program("floor").expect("floor");
+                with_xdp(self.dut, p, f)
+            }
+            Filter::Rampart { blocked } => {
+                if blocked != self.blocked {
+                    let src = "10.0.0.1".parse().expect("prefix");
+                    if blocked {
+                        self.rampart
+                            .list_insert(List::Block, &src, ListEntry::default())
+                            .expect("block");
+                    } else {
+                        self.rampart
+                            .list_remove(List::Block, &src)
+                            .expect("unblock");
+                    }
+                    self.blocked = blocked;
+                }
+                with_xdp(self.dut, self.rampart.program_mut().expect("prog"), f)
+            }
+            Filter::Nft(rules) => {
+                let path = std::env::temp_dir().join("rampart-bench.nft");
+                std::fs::write(&path, rules).expect("write nft rules");
+                let setup = ["nft", "-f", path.to_str().unwrap_or_default()];
+                with_stack(
+                    self.dut,
+                    &setup,
+                    &["nft", "delete", "table", "netdev", "rb"],
+                    f,
+                )
+            }
+            Filter::Hashlimit => {
+                let mut setup = vec!["iptables"];
+                setup.extend(HASHLIMIT);
+                with_stack(
+                    self.dut,
+                    &setup,
+                    &["iptables", "-t", "raw", "-F", "PREROUTING"],
+                    f,
+                )
+            }
+        }
+    }
+}
+
 fn throughput() -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
     let gen_ns = Netns::new("rb-gen").expect("netns");
     let dut = Netns::new("rb-dut").expect("netns");
     let _veth = Veth::new(
@@ -357,121 +485,116 @@ fn throughput() -> BTreeMap<String, Value> {
     let count: u32 = if quick() { 200_000 } else { 5_000_000 };
     let frame = FrameBuilder::tcp("10.0.0.1", "10.250.0.1").build();
     let mut gen_dp = load(1024);
-    let measure = |gen_dp: &mut Bench, mode: u32, n: u32, what: &str| -> Value {
-        vary(gen_dp, mode, n);
-        let generator = gen_dp.dp.other_program("generator").expect("generator");
-        let mut rates = Vec::new();
-        for _ in 0..runs().min(5) {
-            let before = rx_packets(&dut, "rbd0");
-            let secs = generate(generator, &gen_ns, "rbg0", &frame, count);
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            let got = rx_packets(&dut, "rbd0") - before;
-            rates.push(got as f64 / secs / 1e6);
-        }
-        rates.sort_by(f64::total_cmp);
-        eprintln!("throughput {what}: {:.2} Mpps", rates[rates.len() / 2]);
-        json!({"median_mpps": rates[rates.len() / 2], "min_mpps": rates[0], "max_mpps": rates[rates.len() - 1], "frames": count})
-    };
-    let attach = |p: &mut Xdp| {
-        let _in = InNetns::enter(&dut).expect("enter");
-        p.attach("rbd0", XdpMode::Driver).expect("attach natively")
-    };
-
-    // The empty XDP_DROP floor.
-    let mut floor = load(1024);
-    let id = attach(floor.other_program("floor").expect("floor"));
-    out.insert("floor".into(), measure(&mut gen_dp, 0, 0, "floor"));
-    floor
-        .other_program("floor")
-        .expect("floor")
-        .detach(id)
-        .expect("detach");
-    drop(floor);
 
     // Rampart, the shipped program (the generator varies the sources): S2
     // (a blocked source, 100k entries), S3 (256 sources), S4 (spoofed).
-    let mut dp = load_shipped(1 << 17);
-    dp.set_policies(&web_policy(100, 100)).expect("policies");
-    fill_blocklist(&mut dp, if quick() { 1000 } else { 100_000 }, "10.0.0.1");
-    attach(dp.program_mut().expect("prog"));
-    out.insert(
-        "rampart S2 blocklist".into(),
-        measure(&mut gen_dp, 0, 0, "rampart S2"),
+    let mut rampart = load_shipped(1 << 17);
+    rampart
+        .set_policies(&web_policy(100, 100))
+        .expect("policies");
+    fill_blocklist(
+        &mut rampart,
+        if quick() { 1000 } else { 100_000 },
+        "10.0.0.1",
     );
-    dp.list_remove(List::Block, &"10.0.0.1".parse().expect("p"))
-        .expect("remove");
-    out.insert(
-        "rampart S3 256 sources".into(),
-        measure(&mut gen_dp, 1, 256, "rampart S3"),
-    );
-    out.insert(
-        "rampart S4 spoofed".into(),
-        measure(&mut gen_dp, 2, 0, "rampart S4"),
-    );
-    drop(dp);
-
-    // Without an XDP program, a veth takes frames its peer sends with XDP_TX
-    // only in NAPI (GRO) mode; the kernel stack peers need it.
-    dut.exec(&["ethtool", "-K", "rbd0", "gro", "on"])
-        .expect("enable GRO on the receiving veth");
-    // nftables at netdev ingress: a set drop, then a per-source meter.
-    let nft = |rules: &str| {
-        let path = std::env::temp_dir().join("rampart-bench.nft");
-        std::fs::write(&path, rules).expect("write nft rules");
-        dut.exec(&["nft", "-f", path.to_str().unwrap_or_default()])
-            .expect("nft rules load");
+    let mut rx = Receiver {
+        dut: &dut,
+        floor: load(1024),
+        rampart,
+        blocked: true,
     };
-    nft(
-        "table netdev rb {\n  set blk {\n    type ipv4_addr\n    flags interval\n    elements = { 10.0.0.1, 198.18.0.0/15 }\n  }\n  chain in {\n    type filter hook ingress device rbd0 priority 0;\n    ip saddr @blk drop\n  }\n}\n",
-    );
-    out.insert(
-        "nftables set drop".into(),
-        measure(&mut gen_dp, 0, 0, "nftables set"),
-    );
-    let _ = dut.exec(&["nft", "delete", "table", "netdev", "rb"]);
-    nft(
-        "table netdev rb {\n  chain in {\n    type filter hook ingress device rbd0 priority 0;\n    meter m { ip saddr limit rate over 100/second } drop\n  }\n}\n",
-    );
-    out.insert(
-        "nftables meter 256 sources".into(),
-        measure(&mut gen_dp, 1, 256, "nftables meter"),
-    );
-    out.insert(
-        "nftables meter spoofed".into(),
-        measure(&mut gen_dp, 2, 0, "nftables meter spoofed"),
-    );
-    let _ = dut.exec(&["nft", "delete", "table", "netdev", "rb"]);
-
-    // iptables raw with hashlimit per source.
-    let ipt = dut.exec(&[
-        "iptables",
-        "-t",
-        "raw",
-        "-A",
-        "PREROUTING",
-        "-i",
-        "rbd0",
-        "-m",
-        "hashlimit",
-        "--hashlimit-above",
-        "100/second",
-        "--hashlimit-mode",
-        "srcip",
-        "--hashlimit-name",
-        "rb",
-        "-j",
-        "DROP",
-    ]);
-    if ipt.is_ok() {
-        out.insert(
-            "iptables hashlimit 256 sources".into(),
-            measure(&mut gen_dp, 1, 256, "iptables hashlimit"),
-        );
-        let _ = dut.exec(&["iptables", "-t", "raw", "-F", "PREROUTING"]);
-    } else {
-        eprintln!("iptables hashlimit unavailable: {ipt:?}");
+    let mut rows = vec![
+        Row {
+            name: "floor",
+            filter: Filter::Floor,
+            mode: 0,
+            n: 0,
+        },
+        Row {
+            name: "rampart S2 blocklist",
+            filter: Filter::Rampart { blocked: true },
+            mode: 0,
+            n: 0,
+        },
+        Row {
+            name: "rampart S3 256 sources",
+            filter: Filter::Rampart { blocked: false },
+            mode: 1,
+            n: 256,
+        },
+        Row {
+            name: "rampart S4 spoofed",
+            filter: Filter::Rampart { blocked: false },
+            mode: 2,
+            n: 0,
+        },
+        Row {
+            name: "nftables set drop",
+            filter: Filter::Nft(NFT_SET_DROP),
+            mode: 0,
+            n: 0,
+        },
+        Row {
+            name: "nftables meter 256 sources",
+            filter: Filter::Nft(NFT_METER),
+            mode: 1,
+            n: 256,
+        },
+        Row {
+            name: "nftables meter spoofed",
+            filter: Filter::Nft(NFT_METER),
+            mode: 2,
+            n: 0,
+        },
+    ];
+    let mut probe = vec!["iptables"];
+    probe.extend(HASHLIMIT);
+    match dut.exec(&probe) {
+        Ok(_) => {
+            let _ = dut.exec(&["iptables", "-t", "raw", "-F", "PREROUTING"]);
+            rows.push(Row {
+                name: "iptables hashlimit 256 sources",
+                filter: Filter::Hashlimit,
+                mode: 1,
+                n: 256,
+            });
+        }
+        Err(e) => eprintln!("iptables hashlimit unavailable: {e:?}"),
     }
-    let _ = sh(&["true"]);
+
+    let mut rates: Vec<Vec<f64>> = rows.iter().map(|_| Vec::new()).collect();
+    for _ in 0..runs().min(5) {
+        for (row, rates) in rows.iter().zip(&mut rates) {
+            vary(&mut gen_dp, row.mode, row.n);
+            let generator = gen_dp.dp.other_program("generator").expect("generator");
+            let rate = rx.with(row.filter, || {
+                let before = rx_packets(&dut, "rbd0");
+                let secs = generate(generator, &gen_ns, "rbg0", &frame, count);
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                (rx_packets(&dut, "rbd0") - before) as f64 / secs / 1e6
+            });
+            rates.push(rate);
+        }
+    }
+
+    // Each rate against the meter's in the same round.
+    let meter = rows
+        .iter()
+        .position(|r| r.name == "nftables meter 256 sources")
+        .map(|i| rates[i].clone())
+        .expect("the meter row");
+    let mut out = BTreeMap::new();
+    for (row, rates) in rows.iter().zip(rates) {
+        let ratios = rates.iter().zip(&meter).map(|(r, m)| r / m).collect();
+        let (vs_meter, vs_meter_min, vs_meter_max) = spread(ratios);
+        let (median, min, max) = spread(rates);
+        eprintln!("throughput {}: {median:.2} Mpps", row.name);
+        out.insert(
+            row.name.to_string(),
+            json!({"median_mpps": median, "min_mpps": min, "max_mpps": max, "frames": count,
+                   "vs_meter": vs_meter, "vs_meter_min": vs_meter_min, "vs_meter_max": vs_meter_max}),
+        );
+    }
     out
 }
 
