@@ -193,18 +193,32 @@ where
             spilled: FxHashMap::default(),
             len: 0,
         };
+        let keys = t.relearn()?;
+        Ok((t, keys))
+    }
+
+    /// Learns from the kernel's maps where every key is, forgetting what the
+    /// agent thought; returns every key. Also after a kernel write failed
+    /// halfway through a change, so that the agent's view is the kernel's.
+    fn relearn(&mut self) -> Result<Vec<K>, DatapathError> {
+        let (name, seed) = (self.name, self.seed);
+        self.prints.fill(0);
+        self.spilled.clear();
+        self.len = 0;
         let mut keys = Vec::new();
         // A key outside its two buckets (a table written with another seed)
         // can never be found: it is cleared rather than kept half there.
         let mut lost = Vec::new();
-        read_array(&t.maps.slots_fd, n, |i, s: &Slot<K>| {
+        let n = self.maps.slots.len();
+        let (mask, prints, len) = (self.mask, &mut self.prints, &mut self.len);
+        read_array(&self.maps.slots_fd, n, |i, s: &Slot<K>| {
             if !s.key.is_used() {
                 return;
             }
             let hash = s.key.table_hash(seed);
-            if buckets(hash, t.mask).contains(&(i / WAYS)) {
-                t.prints[i as usize] = fingerprint(hash);
-                t.len += 1;
+            if buckets(hash, mask).contains(&(i / WAYS)) {
+                prints[i as usize] = fingerprint(hash);
+                *len += 1;
                 keys.push(s.key.marked(false));
             } else {
                 lost.push((i, unmarked(*s)));
@@ -217,27 +231,36 @@ where
                 "clearing unreachable slots"
             );
             let (index, slots): (Vec<u32>, Vec<Slot<K>>) = lost.into_iter().unzip();
-            batch_update(&t.maps.slots_fd, &index, &slots)?;
+            batch_update(&self.maps.slots_fd, &index, &slots)?;
         }
-        for k in t.maps.spill.keys() {
+        for k in self.maps.spill.keys() {
             let k = k.map_err(map_err(name))?;
-            *t.spilled.entry(t.first_bucket(&k)).or_default() += 1;
-            t.len += 1;
+            *self.spilled.entry(self.first_bucket(&k)).or_default() += 1;
+            self.len += 1;
             keys.push(k);
         }
         // Written whole: the flags may come from an agent that stopped
         // between a spill and its flag.
-        let words = t.maps.flags.len();
+        let words = self.maps.flags.len();
         let mut flags = vec![0u64; words as usize];
-        for b in t.spilled.keys() {
+        for b in self.spilled.keys() {
             let (w, bit) = flag_slot(*b);
             if let Some(f) = flags.get_mut(w as usize) {
                 *f |= bit;
             }
         }
         let index: Vec<u32> = (0..words).collect();
-        batch_update(&t.maps.flags_fd, &index, &flags)?;
-        Ok((t, keys))
+        batch_update(&self.maps.flags_fd, &index, &flags)?;
+        Ok(keys)
+    }
+
+    /// After a kernel write failed mid-change: relearns the kernel's state
+    /// and returns the write's error.
+    fn write_failed(&mut self, err: DatapathError) -> DatapathError {
+        if let Err(e) = self.relearn() {
+            tracing::error!(table = self.name, error = %e, "relearning the table after a failed write");
+        }
+        err
     }
 
     /// The bucket count minus one, for the program's configuration.
@@ -403,25 +426,37 @@ where
             }
         }
         self.len += added;
+        let written = self.write_inserts(&mut change, &pending, &fresh, &spills, &new_spills);
+        written.map_err(|e| self.write_failed(e))?;
+        Ok(is_new)
+    }
 
-        // New slots whole but unmarked; then every slot, marked.
+    /// The kernel half of `insert_many`: new slots whole but unmarked, then
+    /// every slot marked, then spilled keys and their flags.
+    fn write_inserts(
+        &mut self,
+        change: &mut Change<K>,
+        pending: &FxHashMap<u32, Slot<K>>,
+        fresh: &FxHashSet<u32>,
+        spills: &StdHashMap<K, ListEntry>,
+        new_spills: &[K],
+    ) -> Result<(), DatapathError> {
         self.write_slots(
-            &mut change,
+            change,
             pending
                 .iter()
                 .filter(|(i, _)| fresh.contains(i))
                 .map(|(i, s)| (*i, unmarked(*s))),
         )?;
-        self.write_slots(&mut change, pending.iter().map(|(i, s)| (*i, *s)))?;
-        for (k, e) in &spills {
+        self.write_slots(change, pending.iter().map(|(i, s)| (*i, *s)))?;
+        for (k, e) in spills {
             self.maps
                 .spill
                 .insert(k, e, 0)
                 .map_err(map_err(self.name))?;
         }
         let buckets: Vec<u32> = new_spills.iter().map(|k| self.first_bucket(k)).collect();
-        self.write_flags(&buckets)?;
-        Ok(is_new)
+        self.write_flags(&buckets)
     }
 
     /// Forgets the placements of an insert that is refused.
@@ -430,14 +465,21 @@ where
             self.prints[*i as usize] = 0;
         }
         for k in new_spills {
-            let b = self.first_bucket(k);
-            if let Some(n) = self.spilled.get_mut(&b) {
-                *n -= 1;
-                if *n == 0 {
-                    self.spilled.remove(&b);
-                }
-            }
+            self.unspill(self.first_bucket(k));
         }
+    }
+
+    /// One spilled key fewer in `bucket`; true when it has none left.
+    fn unspill(&mut self, bucket: u32) -> bool {
+        let Some(n) = self.spilled.get_mut(&bucket) else {
+            return false;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return false;
+        }
+        self.spilled.remove(&bucket);
+        true
     }
 
     /// Removes keys; returns, per key, whether the table held it.
@@ -456,14 +498,12 @@ where
                     removed.push(true);
                 }
                 Some((Place::Spill, _)) => {
-                    self.maps.spill.remove(&key).map_err(map_err(self.name))?;
+                    if let Err(e) = self.maps.spill.remove(&key) {
+                        return Err(self.write_failed(map_err(self.name)(e)));
+                    }
                     let b = self.first_bucket(&key);
-                    if let Some(n) = self.spilled.get_mut(&b) {
-                        *n -= 1;
-                        if *n == 0 {
-                            self.spilled.remove(&b);
-                            emptied.push(b);
-                        }
+                    if self.unspill(b) {
+                        emptied.push(b);
                     }
                     removed.push(true);
                 }
@@ -471,8 +511,10 @@ where
             }
         }
         self.len -= removed.iter().filter(|r| **r).count() as u64;
-        self.write_slots(&mut change, pending.iter().map(|(i, s)| (*i, *s)))?;
-        self.write_flags(&emptied)?;
+        let written = self
+            .write_slots(&mut change, pending.iter().map(|(i, s)| (*i, *s)))
+            .and_then(|()| self.write_flags(&emptied));
+        written.map_err(|e| self.write_failed(e))?;
         Ok(removed)
     }
 
