@@ -54,9 +54,9 @@ pub struct Capacities {
     /// four sources. A spoofed flood reads 32 bytes of a random set per
     /// packet; the default's sets (65,536 sources, 512 KiB; 2.5 MiB with the
     /// buckets) stay in a core's cache, and at four times the size each read
-    /// costs a cache miss (docs/benchmarks.md). A spoofed flood fills any size within
-    /// milliseconds, so more sets buy room for legitimate sources in calm
-    /// times, not resilience under attack.
+    /// costs a cache miss (docs/benchmarks.md). A spoofed flood fills any
+    /// size within milliseconds, so more sets buy room for legitimate
+    /// sources in calm times, not resilience under attack.
     pub rate_sets: u32,
 }
 
