@@ -569,3 +569,26 @@ fn keys_of_full_buckets_spill_and_still_match() {
         assert!(dp.list_entries(List::Block).expect("entries").is_empty());
     }
 }
+
+/// The verifier's work on the main program, on the running kernel: older
+/// kernels prune less, so a program near the limit here fails there first.
+/// Half the limit leaves room for the kernels of the matrix and for growth.
+#[test]
+fn the_verifier_accepts_the_program_with_half_its_budget_to_spare() {
+    const VERIFIER_LIMIT: u32 = 1_000_000;
+    let plane = Plane::new();
+    let info = plane
+        .dp
+        .program()
+        .expect("the program")
+        .info()
+        .expect("its info");
+    let verified = info
+        .verified_instruction_count()
+        .expect("the kernel reports verified instructions (5.16+)");
+    eprintln!("verified instructions: {verified} of {VERIFIER_LIMIT}");
+    assert!(
+        verified < VERIFIER_LIMIT / 2,
+        "the verifier walked {verified} instructions, more than half its limit of {VERIFIER_LIMIT}"
+    );
+}

@@ -6,13 +6,20 @@
 //! insists), which is why the parsed types are 8-byte aligned.
 fn main() {
     println!("cargo:rustc-link-arg-bins=--cpu-features=+allows-misaligned-mem-access");
-    // The list probes are BPF global functions (see `maps.rs`); exported,
+    // The list and ban lookups are BPF global functions (see `maps.rs`); exported,
     // they keep global linkage and the verifier checks each once.
     for probe in [
         "rampart_allow_v4",
         "rampart_block_v4",
         "rampart_allow_v6",
         "rampart_block_v6",
+        "rampart_find_v4",
+        "rampart_find_v6",
+        "rampart_ban_v4",
+        "rampart_ban_v6",
+        "rampart_start_ban",
+        "rampart_meter",
+        "rampart_sample",
     ] {
         println!("cargo:rustc-link-arg-bins=--export={probe}");
     }

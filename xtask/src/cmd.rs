@@ -14,6 +14,11 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Cargo's target folder (`CARGO_TARGET_DIR`, or `target` in the root).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
 /// Runs a command in the workspace root, inheriting output; fails on non-zero.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     run_env(program, args, &[])

@@ -1,12 +1,14 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | bench | reliability`.
+//! Project tasks: `cargo xtask setup | build | test | kernels | demo | bench | reliability`.
 //! xtask only orchestrates; the work is in the crates and their tests.
 mod bench;
 mod cmd;
 mod demo;
+mod kernels;
 mod manifests;
 mod reliability;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +44,9 @@ enum Task {
     },
     /// Formatting, lints, unit tests, then the privileged integration tests.
     Test(test::TestArgs),
+    /// Only the kernel matrix: the decision tables and the attach smoke
+    /// test on Debian's kernels, each booted under QEMU.
+    Kernels(test::KernelArgs),
     /// Long runs of the fuzzing and load tests (see docs/reliability.md).
     Reliability(reliability::ReliabilityArgs),
 }
@@ -57,6 +62,7 @@ fn main() {
         }
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Test(args) => setup::run().and_then(|()| test::run(&args)),
+        Task::Kernels(args) => setup::run().and_then(|()| test::run_kernels(&args)),
         Task::Reliability(args) => setup::run().and_then(|()| reliability::run(&args)),
     };
     if let Err(e) = result {

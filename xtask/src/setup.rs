@@ -24,6 +24,12 @@ const PACKAGES: &[&str] = &[
     "python3",
     "hping3",
     "ethtool",
+    // The kernel matrix: QEMU, and what its initramfs is made of.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    "binutils",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -41,7 +47,7 @@ const STEPS: &[Step] = &[
         name: "Debian packages",
         done: packages_present,
         run: install_packages,
-        by_hand: "apt-get update && apt-get install -y llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 bpftool nftables iptables iputils-ping tcpdump curl python3 hping3 ethtool",
+        by_hand: "apt-get update && apt-get install -y llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 bpftool nftables iptables iputils-ping tcpdump curl python3 hping3 ethtool qemu-system-x86 busybox-static cpio xz-utils binutils",
     },
     Step {
         name: "nightly rust-src (for -Z build-std=core)",

@@ -93,6 +93,82 @@ pub trait Tables {
     fn count(&self, stat: u32);
     /// Announces a ban to user space.
     fn ban_started(&self, ban: &BanStarted);
+
+    /// `list`'s live, visible entry for an IPv4 source (a native-order
+    /// word), over the prefix lengths in use: [`probe_list_v4`]. The kernel
+    /// runs that same function out of line, as a BPF global function: the
+    /// verifier then checks the loop once, and the decision after it sees
+    /// one outcome instead of one per loop exit.
+    #[inline(always)]
+    fn find_list_v4<F: Fn() -> u64>(
+        &self,
+        cfg: &Config,
+        list: List,
+        addr: u32,
+        clock: &F,
+    ) -> Option<ListEntry>
+    where
+        Self: Sized,
+    {
+        probe_list_v4(self, cfg, list, addr, clock)
+    }
+
+    /// As [`Tables::find_list_v4`], for IPv6: [`probe_list_v6`].
+    #[inline(always)]
+    fn find_list_v6<F: Fn() -> u64>(
+        &self,
+        cfg: &Config,
+        list: List,
+        addr: &Addr,
+        clock: &F,
+    ) -> Option<ListEntry>
+    where
+        Self: Sized,
+    {
+        probe_list_v6(self, cfg, list, addr, clock)
+    }
+
+    /// Whether a live ban covers an IPv4 source: [`probe_ban_v4`], out of
+    /// line in the kernel for the same reason.
+    #[inline(always)]
+    fn find_ban_v4(&self, cfg: &Config, addr: u32, now: u64) -> bool
+    where
+        Self: Sized,
+    {
+        probe_ban_v4(self, cfg, addr, now)
+    }
+
+    /// Meters one packet against policy `index`: [`meter`]. The kernel
+    /// runs it out of line, so that the verifier checks the rate table's
+    /// paths once instead of once per path that reaches it.
+    #[inline(always)]
+    fn meter(&self, cfg: &Config, index: u32, src: &Source, len: u32, now: u64) -> Metered
+    where
+        Self: Sized,
+    {
+        meter(self, cfg, index, src, len, now)
+    }
+
+    /// Bans `src` under policy `p` (number `index`), as metering found
+    /// due: [`start_ban`]. Out of line in the kernel too, and called from
+    /// the decision rather than from metering, so that neither function's
+    /// stack sits on top of the other's.
+    #[inline(always)]
+    fn start_ban(&self, p: &Policy, index: u32, src: &Source, now: u64)
+    where
+        Self: Sized,
+    {
+        start_ban(self, p, index, src, now);
+    }
+
+    /// As [`Tables::find_ban_v4`], for IPv6: [`probe_ban_v6`].
+    #[inline(always)]
+    fn find_ban_v6(&self, cfg: &Config, addr: &Addr, now: u64) -> bool
+    where
+        Self: Sized,
+    {
+        probe_ban_v6(self, cfg, addr, now)
+    }
 }
 
 /// Decides what to do with a parsed packet of `len` bytes; `clock` reads
@@ -144,7 +220,11 @@ pub fn decide<T: Tables, F: Fn() -> u64>(
     };
 
     if let Some((index, policy)) = first_policy(t, cfg, pkt) {
-        if !meter(t, cfg, index, src, len, now, global_dry) {
+        let metered = t.meter(cfg, index, src, len, now);
+        if metered.ban_due && !global_dry && policy.flags & policy_flag::DRY_RUN == 0 {
+            t.start_ban(policy, index, src, now);
+        }
+        if !metered.conforms {
             let mut v = Verdict::new(action::DROP, reason::RATELIMIT);
             v.policy = index as u8;
             if !global_dry && policy.flags & policy_flag::DRY_RUN == 0 {
@@ -197,11 +277,11 @@ fn malformed(cfg: &Config, global_dry: bool) -> Verdict {
     }
 }
 
-/// Looks a source up in a list: one hash probe per prefix length in use,
+/// Looks a source up in a list: one probe per prefix length in use,
 /// longest first; expired entries and entries hidden from the list
 /// generation in force are skipped.
 #[inline(always)]
-pub fn find_list<T: Tables + ?Sized, F: Fn() -> u64>(
+pub fn find_list<T: Tables, F: Fn() -> u64>(
     t: &T,
     cfg: &Config,
     list: List,
@@ -209,47 +289,82 @@ pub fn find_list<T: Tables + ?Sized, F: Fn() -> u64>(
     clock: &F,
 ) -> Option<ListEntry> {
     if src.family == 4 {
-        let lens = match list {
-            List::Allow => &cfg.allow_v4,
-            List::Block => &cfg.block_v4,
-        };
-        let addr = src.addr.v4_word();
-        // Lengths are probed longest first: when the first is under /24,
-        // none is at or over it and the summary need not be read.
-        let near = lens.count > 0 && lens.lens[0] >= slash24::MIN_LEN && t.v4_slash24(list, addr);
-        probe(
-            lens,
-            |len| {
-                if len >= slash24::MIN_LEN && !near {
-                    return None;
-                }
-                t.list_v4(list, &v4_key_word(addr, len))
-            },
-            |e| e.live(clock) && e.visible(cfg.flags),
-        )
+        t.find_list_v4(cfg, list, src.addr.v4_word(), clock)
     } else {
-        let lens = match list {
-            List::Allow => &cfg.allow_v6,
-            List::Block => &cfg.block_v6,
-        };
-        probe(
-            lens,
-            |len| t.list_v6(list, &v6_key(src.addr, len)),
-            |e| e.live(clock) && e.visible(cfg.flags),
-        )
+        t.find_list_v6(cfg, list, &src.addr, clock)
     }
 }
 
 /// Whether a live ban covers the source.
 #[inline(always)]
-pub fn find_ban<T: Tables + ?Sized>(t: &T, cfg: &Config, src: &Source, now: u64) -> bool {
-    let live = |b: &BanEntry| now < b.expires_ns;
+pub fn find_ban<T: Tables>(t: &T, cfg: &Config, src: &Source, now: u64) -> bool {
     if src.family == 4 {
-        let addr = src.addr.v4_word();
-        probe(&cfg.ban_v4, |len| t.ban_v4(&v4_key_word(addr, len)), live).is_some()
+        t.find_ban_v4(cfg, src.addr.v4_word(), now)
     } else {
-        probe(&cfg.ban_v6, |len| t.ban_v6(&v6_key(src.addr, len)), live).is_some()
+        t.find_ban_v6(cfg, &src.addr, now)
     }
+}
+
+/// The loop behind [`Tables::find_list_v4`].
+#[inline(always)]
+pub fn probe_list_v4<T: Tables + ?Sized, F: Fn() -> u64>(
+    t: &T,
+    cfg: &Config,
+    list: List,
+    addr: u32,
+    clock: &F,
+) -> Option<ListEntry> {
+    let lens = match list {
+        List::Allow => &cfg.allow_v4,
+        List::Block => &cfg.block_v4,
+    };
+    // Lengths are probed longest first: when the first is under /24,
+    // none is at or over it and the summary need not be read.
+    let near = lens.count > 0 && lens.lens[0] >= slash24::MIN_LEN && t.v4_slash24(list, addr);
+    probe(
+        lens,
+        |len| {
+            if len >= slash24::MIN_LEN && !near {
+                return None;
+            }
+            t.list_v4(list, &v4_key_word(addr, len))
+        },
+        |e| e.live(clock) && e.visible(cfg.flags),
+    )
+}
+
+/// The loop behind [`Tables::find_list_v6`].
+#[inline(always)]
+pub fn probe_list_v6<T: Tables + ?Sized, F: Fn() -> u64>(
+    t: &T,
+    cfg: &Config,
+    list: List,
+    addr: &Addr,
+    clock: &F,
+) -> Option<ListEntry> {
+    let lens = match list {
+        List::Allow => &cfg.allow_v6,
+        List::Block => &cfg.block_v6,
+    };
+    probe(
+        lens,
+        |len| t.list_v6(list, &v6_key(*addr, len)),
+        |e| e.live(clock) && e.visible(cfg.flags),
+    )
+}
+
+/// The loop behind [`Tables::find_ban_v4`].
+#[inline(always)]
+pub fn probe_ban_v4<T: Tables + ?Sized>(t: &T, cfg: &Config, addr: u32, now: u64) -> bool {
+    let live = |b: &BanEntry| now < b.expires_ns;
+    probe(&cfg.ban_v4, |len| t.ban_v4(&v4_key_word(addr, len)), live).is_some()
+}
+
+/// The loop behind [`Tables::find_ban_v6`].
+#[inline(always)]
+pub fn probe_ban_v6<T: Tables + ?Sized>(t: &T, cfg: &Config, addr: &Addr, now: u64) -> bool {
+    let live = |b: &BanEntry| now < b.expires_ns;
+    probe(&cfg.ban_v6, |len| t.ban_v6(&v6_key(*addr, len)), live).is_some()
 }
 
 #[inline(always)]
@@ -319,20 +434,34 @@ fn ticks_ns(ticks: u32) -> u64 {
 /// (each CPU reads a clock that moves with its own scheduler tick).
 const SKEW_TICKS: u32 = 1 << 10;
 
-/// Meters one packet against policy `index`; true when it conforms. May
-/// start a ban (unless dry-run).
+/// What metering one packet found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metered {
+    /// Within the policy's limits.
+    pub conforms: bool,
+    /// The source has exceeded them often enough to be banned.
+    pub ban_due: bool,
+}
+
+impl Metered {
+    const CONFORMS: Self = Self {
+        conforms: true,
+        ban_due: false,
+    };
+}
+
+/// Meters one packet against policy `index`.
 #[inline(always)]
-pub fn meter<T: Tables + ?Sized>(
+pub fn meter<T: Tables>(
     t: &T,
     cfg: &Config,
     index: u32,
     src: &Source,
     len: u32,
     now: u64,
-    global_dry: bool,
-) -> bool {
+) -> Metered {
     let Some(p) = t.policy(index) else {
-        return true;
+        return Metered::CONFORMS;
     };
     let (addr, prefix_len) = aggregate(p, src);
     let family = src.family;
@@ -403,17 +532,14 @@ pub fn meter<T: Tables + ?Sized>(
             moved,
         )
     });
-    let Some((ok, ban_due, moved)) = outcome else {
+    let Some((conforms, ban_due, moved)) = outcome else {
         // No rate table: a missing table never drops.
-        return true;
+        return Metered::CONFORMS;
     };
     if moved != u32::MAX {
         t.count(moved);
     }
-    if ban_due && !global_dry && p.flags & policy_flag::DRY_RUN == 0 {
-        start_ban(t, p, index, family, prefix_len, addr, now);
-    }
-    ok
+    Metered { conforms, ban_due }
 }
 
 /// False when every way of a full set is surely busy, from the set's
@@ -573,16 +699,12 @@ pub fn ban_duration(p: &Policy, offences: u32) -> u64 {
     if d > p.ban_max_ns { p.ban_max_ns } else { d }
 }
 
+/// The ban behind [`Tables::start_ban`]: the source aggregated to the
+/// policy's prefix, its offence count up by one and the ban time with it.
 #[inline(always)]
-fn start_ban<T: Tables + ?Sized>(
-    t: &T,
-    p: &Policy,
-    index: u32,
-    family: u8,
-    prefix_len: u8,
-    addr: Addr,
-    now: u64,
-) {
+pub fn start_ban<T: Tables + ?Sized>(t: &T, p: &Policy, index: u32, src: &Source, now: u64) {
+    let (addr, prefix_len) = aggregate(p, src);
+    let family = src.family;
     let ban = |prev: u32| {
         let offences = prev.saturating_add(1);
         BanEntry {

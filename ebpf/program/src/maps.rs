@@ -16,9 +16,12 @@ use rampart_common::{
         MAX_IFINDEX, MAX_POLICIES, Policy, RateBuckets, RateExtra, RateSet, V4Key, V6Key, action,
         event_kind, list_table_index, slash24, stat,
     },
-    decide::{BanStarted, List, Tables, Verdict},
+    decide::{
+        BanStarted, List, Metered, Tables, Verdict, meter, probe_ban_v4, probe_ban_v6,
+        probe_list_v4, probe_list_v6, start_ban,
+    },
     list_table::{self, V4Slot, V6Slot},
-    parse::Parsed,
+    parse::{Packet, Parsed, Source},
 };
 
 #[map]
@@ -156,8 +159,12 @@ macro_rules! list_probe {
                 return 0;
             }
             // SAFETY: non-null, and the verifier checked that the caller
-            // passed initialised memory of the key's size.
-            let key = unsafe { &*key };
+            // passed initialised memory of the key's size. Copied to this
+            // function's stack, volatile so that the copy stays: the spill
+            // lookup uses it as a map key, and verifiers before 6.2 take
+            // only stack, packet or map memory there, not an argument.
+            let key: $key = unsafe { core::ptr::read_volatile(key) };
+            let key = &key;
             let found = list_table::find(
                 key,
                 seed,
@@ -168,10 +175,7 @@ macro_rules! list_probe {
                 // worst give a stale entry for this one packet.
                 |k| unsafe { $spill.get(k).copied() },
             );
-            match found {
-                Some(entry) if entry.live(now_ns) => FOUND | entry.flags,
-                _ => 0,
-            }
+            encode(found.filter(|entry| entry.live(now_ns)))
         }
     };
 }
@@ -205,9 +209,143 @@ list_probe!(
     BLOCK_V6_SPILL
 );
 
+/// A whole list lookup out of line (see `Tables::find_list_v4`): the loop
+/// over the prefix lengths in use, each length's probe a call to the
+/// per-table global function above. Returns [`FOUND`] and the flags, or 0.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rampart_find_v4(cfg: *const Config, list: u32, addr: u32) -> u32 {
+    // SAFETY: null checked; the verifier checked that the caller passed a
+    // Config's worth of initialised memory.
+    let Some(cfg) = (unsafe { cfg.as_ref() }) else {
+        return 0;
+    };
+    encode(probe_list_v4(
+        &BpfTables { cfg },
+        cfg,
+        list_of(list),
+        addr,
+        &now_ns,
+    ))
+}
+
+/// [`rampart_find_v4`] for IPv6 sources.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rampart_find_v6(cfg: *const Config, list: u32, addr: *const Addr) -> u32 {
+    // SAFETY: both null checked; the verifier checked each points to
+    // initialised memory of its type's size.
+    let (Some(cfg), Some(addr)) = (unsafe { cfg.as_ref() }, unsafe { addr.as_ref() }) else {
+        return 0;
+    };
+    encode(probe_list_v6(
+        &BpfTables { cfg },
+        cfg,
+        list_of(list),
+        addr,
+        &now_ns,
+    ))
+}
+
+/// A whole ban lookup out of line (see `Tables::find_ban_v4`): 1 when a
+/// live ban covers the source, else 0.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rampart_ban_v4(cfg: *const Config, addr: u32, now: u64) -> u32 {
+    // SAFETY: as in `rampart_find_v4`.
+    let Some(cfg) = (unsafe { cfg.as_ref() }) else {
+        return 0;
+    };
+    probe_ban_v4(&BpfTables { cfg }, cfg, addr, now) as u32
+}
+
+/// [`rampart_ban_v4`] for IPv6 sources.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rampart_ban_v6(cfg: *const Config, addr: *const Addr, now: u64) -> u32 {
+    // SAFETY: as in `rampart_find_v6`.
+    let (Some(cfg), Some(addr)) = (unsafe { cfg.as_ref() }, unsafe { addr.as_ref() }) else {
+        return 0;
+    };
+    probe_ban_v6(&BpfTables { cfg }, cfg, addr, now) as u32
+}
+
+/// Metering out of line (see `Tables::meter`): bit 0 set when the packet
+/// conforms, bit 1 when a ban is due.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rampart_meter(
+    cfg: *const Config,
+    src: *const Source,
+    index: u32,
+    len: u32,
+    now: u64,
+) -> u32 {
+    // SAFETY: both null checked; the verifier checked each points to
+    // initialised memory of its type's size.
+    let (Some(cfg), Some(src)) = (unsafe { cfg.as_ref() }, unsafe { src.as_ref() }) else {
+        return 1;
+    };
+    let m = meter(&BpfTables { cfg }, cfg, index, src, len, now);
+    m.conforms as u32 | (m.ban_due as u32) << 1
+}
+
+/// A ban out of line (see `Tables::start_ban`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rampart_start_ban(
+    cfg: *const Config,
+    p: *const Policy,
+    src: *const Source,
+    index: u32,
+    now: u64,
+) -> u32 {
+    // SAFETY: all null checked; the verifier checked each points to
+    // initialised memory of its type's size.
+    let (Some(cfg), Some(p), Some(src)) =
+        (unsafe { cfg.as_ref() }, unsafe { p.as_ref() }, unsafe {
+            src.as_ref()
+        })
+    else {
+        return 0;
+    };
+    start_ban(&BpfTables { cfg }, p, index, src, now);
+    0
+}
+
+/// The list a global function's scalar argument names.
+#[inline(always)]
+fn list_of(index: u32) -> List {
+    if index == List::Allow.index() {
+        List::Allow
+    } else {
+        List::Block
+    }
+}
+
+/// A found entry as a global function returns it: a scalar, because
+/// memory shared with the caller costs a copy each way.
+#[inline(always)]
+fn encode(found: Option<ListEntry>) -> u32 {
+    match found {
+        Some(e) => FOUND | e.flags,
+        None => 0,
+    }
+}
+
+/// What [`encode`] made, back as an entry. The probe has already dropped
+/// expired entries, so what it found is returned as never expiring; the
+/// decision still applies the flags.
+#[inline(always)]
+fn decode(found: u32) -> Option<ListEntry> {
+    (found & FOUND != 0).then_some(ListEntry {
+        expires_ns: 0,
+        origin: 0,
+        flags: found & !FOUND,
+    })
+}
+
 /// Calls a probe with the live configuration's seed and this table's mask.
-/// The probe has already dropped expired entries, so what it finds is
-/// returned as never expiring; the decision still applies the flags.
 #[inline(always)]
 fn probe<K>(
     cfg: &Config,
@@ -216,12 +354,7 @@ fn probe<K>(
     key: &K,
 ) -> Option<ListEntry> {
     let mask = cfg.list_masks.get(table).copied().unwrap_or(0);
-    let found = f(cfg.hash_seed, mask, key);
-    (found & FOUND != 0).then_some(ListEntry {
-        expires_ns: 0,
-        origin: 0,
-        flags: found & !FOUND,
-    })
+    decode(f(cfg.hash_seed, mask, key))
 }
 
 /// The maps as the decision sees them; list lookups need the live
@@ -247,6 +380,52 @@ impl Tables for BpfTables<'_> {
             List::Allow => probe(self.cfg, table, rampart_allow_v6, key),
             List::Block => probe(self.cfg, table, rampart_block_v6, key),
         }
+    }
+
+    #[inline(always)]
+    fn find_list_v4<F: Fn() -> u64>(
+        &self,
+        cfg: &Config,
+        list: List,
+        addr: u32,
+        _clock: &F,
+    ) -> Option<ListEntry> {
+        decode(rampart_find_v4(cfg, list.index(), addr))
+    }
+
+    #[inline(always)]
+    fn find_list_v6<F: Fn() -> u64>(
+        &self,
+        cfg: &Config,
+        list: List,
+        addr: &Addr,
+        _clock: &F,
+    ) -> Option<ListEntry> {
+        decode(rampart_find_v6(cfg, list.index(), addr))
+    }
+
+    #[inline(always)]
+    fn find_ban_v4(&self, cfg: &Config, addr: u32, now: u64) -> bool {
+        rampart_ban_v4(cfg, addr, now) != 0
+    }
+
+    #[inline(always)]
+    fn find_ban_v6(&self, cfg: &Config, addr: &Addr, now: u64) -> bool {
+        rampart_ban_v6(cfg, addr, now) != 0
+    }
+
+    #[inline(always)]
+    fn meter(&self, cfg: &Config, index: u32, src: &Source, len: u32, now: u64) -> Metered {
+        let m = rampart_meter(cfg, src, index, len, now);
+        Metered {
+            conforms: m & 1 != 0,
+            ban_due: m & 2 != 0,
+        }
+    }
+
+    #[inline(always)]
+    fn start_ban(&self, p: &Policy, index: u32, src: &Source, now: u64) {
+        rampart_start_ban(self.cfg, p, src, index, now);
     }
 
     #[inline(always)]
@@ -326,34 +505,37 @@ impl Tables for BpfTables<'_> {
 
     #[inline(always)]
     fn ban_started(&self, ban: &BanStarted) {
-        let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
-            bump(stat::EVENTS_LOST);
-            return;
-        };
-        let ev = slot.as_mut_ptr();
-        // SAFETY: a reserved, exclusively owned ring-buffer record of size
-        // Event; every field is written before submit.
-        unsafe {
-            (*ev).ts_ns = now_ns();
-            (*ev).ban_expires_ns = ban.ban.expires_ns;
-            (*ev).src = ban.addr;
-            (*ev).dst = Addr::default();
-            (*ev).sport = 0;
-            (*ev).dport = 0;
-            (*ev).ifindex = 0;
-            (*ev).len = 0;
-            (*ev).kind = event_kind::BAN;
-            (*ev).family = ban.family;
-            (*ev).proto = 0;
-            (*ev).action = action::DROP;
-            (*ev).reason = 0;
-            (*ev).policy = ban.ban.policy as u8;
-            (*ev).prefix_len = ban.prefix_len;
-            (*ev)._pad = 0;
-            (*ev).offences = ban.ban.offences;
-        }
-        slot.submit(0);
+        emit(&Event {
+            ts_ns: now_ns(),
+            ban_expires_ns: ban.ban.expires_ns,
+            src: ban.addr,
+            dst: Addr::default(),
+            sport: 0,
+            dport: 0,
+            ifindex: 0,
+            len: 0,
+            kind: event_kind::BAN,
+            family: ban.family,
+            proto: 0,
+            action: action::DROP,
+            reason: 0,
+            policy: ban.ban.policy as u8,
+            prefix_len: ban.prefix_len,
+            _pad: 0,
+            offences: ban.ban.offences,
+        });
+    }
+}
+
+/// Copies an event into the ring buffer; a full buffer is counted, never
+/// waited on. A copy rather than a reservation: verifiers before 6.3 cannot
+/// prune while a reservation is held, and walked every path through it.
+#[inline(always)]
+fn emit(ev: &Event) {
+    if EVENTS.output::<Event>(ev, 0).is_ok() {
         bump(stat::EVENTS_SENT);
+    } else {
+        bump(stat::EVENTS_LOST);
     }
 }
 
@@ -393,47 +575,53 @@ pub fn sample(cfg: &Config, parsed: &Parsed, v: &Verdict, ifindex: u32, len: u32
         return;
     }
     state.in_window += 1;
-    // A full ring buffer is counted, never waited on.
-    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
-        bump(stat::EVENTS_LOST);
-        return;
+    let pkt = match parsed {
+        Parsed::Ip(p) => *p,
+        Parsed::Malformed(Some(src)) => Packet {
+            src: *src,
+            ..Packet::default()
+        },
+        _ => Packet::default(),
     };
-    let ev = slot.as_mut_ptr();
-    // SAFETY: a reserved, exclusively owned record; every field is written.
-    unsafe {
-        (*ev).ts_ns = now;
-        (*ev).ban_expires_ns = 0;
-        (*ev).src = Addr::default();
-        (*ev).dst = Addr::default();
-        (*ev).sport = 0;
-        (*ev).dport = 0;
-        (*ev).family = 0;
-        (*ev).proto = 0;
-        match parsed {
-            Parsed::Ip(p) => {
-                (*ev).family = p.src.family;
-                (*ev).src = p.src.addr;
-                (*ev).dst = p.dst;
-                (*ev).proto = p.proto;
-                (*ev).sport = p.sport;
-                (*ev).dport = p.dport;
-            }
-            Parsed::Malformed(Some(src)) => {
-                (*ev).family = src.family;
-                (*ev).src = src.addr;
-            }
-            _ => {}
-        }
-        (*ev).ifindex = ifindex;
-        (*ev).len = len;
-        (*ev).kind = event_kind::DROP_SAMPLE;
-        (*ev).action = v.action;
-        (*ev).reason = v.reason;
-        (*ev).policy = v.policy;
-        (*ev).prefix_len = 0;
-        (*ev)._pad = 0;
-        (*ev).offences = 0;
-    }
-    slot.submit(0);
-    bump(stat::EVENTS_SENT);
+    let verdict = v.action as u32 | (v.reason as u32) << 8 | (v.policy as u32) << 16;
+    rampart_sample(&pkt, verdict, ifindex, len, now);
+}
+
+/// A sampled drop's event, built out of line: the main program's paths
+/// reach it with one call, whatever they decided. `verdict` holds the
+/// action, reason and policy, a byte each.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rampart_sample(
+    pkt: *const Packet,
+    verdict: u32,
+    ifindex: u32,
+    len: u32,
+    now: u64,
+) -> u32 {
+    // SAFETY: null checked; the verifier checked that it points to an
+    // initialised Packet.
+    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
+        return 0;
+    };
+    emit(&Event {
+        ts_ns: now,
+        ban_expires_ns: 0,
+        src: pkt.src.addr,
+        dst: pkt.dst,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        ifindex,
+        len,
+        kind: event_kind::DROP_SAMPLE,
+        family: pkt.src.family,
+        proto: pkt.proto,
+        action: verdict as u8,
+        reason: (verdict >> 8) as u8,
+        policy: (verdict >> 16) as u8,
+        prefix_len: 0,
+        _pad: 0,
+        offences: 0,
+    });
+    0
 }
