@@ -91,6 +91,12 @@ pub enum DatapathError {
     Load(#[from] aya::EbpfError),
     #[error("XDP program: {0}")]
     Program(#[from] ProgramError),
+    #[error("the kernel's verifier rejected the XDP program ({hint}): {source}")]
+    Rejected {
+        hint: String,
+        #[source]
+        source: ProgramError,
+    },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -268,7 +274,10 @@ impl Datapath {
             .program_mut(program)
             .ok_or_else(|| DatapathError::Invalid("the object has no XDP program".into()))?
             .try_into()?;
-        prog.load()?;
+        prog.load().map_err(|source| DatapathError::Rejected {
+            hint: crate::kernel::load_hint(&crate::kernel::release()),
+            source,
+        })?;
 
         macro_rules! take {
             ($name:expr) => {
@@ -330,7 +339,7 @@ impl Datapath {
         // list key is placed with it.
         let fresh = config.rate_set_mask == 0 || config.hash_seed == 0;
         let seed = if fresh {
-            random_seed()
+            random_seed()?
         } else {
             config.hash_seed
         };
@@ -904,7 +913,10 @@ impl Datapath {
             .ok_or_else(|| DatapathError::Invalid(format!("the object has no program {name}")))?
             .try_into()?;
         if prog.fd().is_err() {
-            prog.load()?;
+            prog.load().map_err(|source| DatapathError::Rejected {
+                hint: crate::kernel::load_hint(&crate::kernel::release()),
+                source,
+            })?;
         }
         Ok(prog)
     }
@@ -1191,17 +1203,18 @@ fn unreachable_family<T>() -> Result<T, DatapathError> {
 }
 
 /// A random 64-bit seed from the kernel.
-fn random_seed() -> u64 {
+/// The secret seed of the list and rate tables' hashes: from getrandom, or
+/// an error. Never from the clock: a guessable seed lets an attacker pick
+/// sources that collide in one rate set or list bucket.
+fn random_seed() -> Result<u64, DatapathError> {
     let mut buf = [0u8; 8];
     // SAFETY: getrandom writes at most buf.len() bytes into buf.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    let seed = if n == 8 {
-        u64::from_ne_bytes(buf)
-    } else {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9e37_79b9_7f4a_7c15)
-    };
-    seed | 1
+    if n != buf.len() as isize {
+        return Err(DatapathError::Invalid(format!(
+            "could not read a random hash seed from getrandom(2): {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(u64::from_ne_bytes(buf) | 1)
 }

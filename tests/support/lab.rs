@@ -133,7 +133,9 @@ impl Lab {
             .spawn()
             .context("starting the agent")?;
         self.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: under emulation or a flood, start-up takes several times
+        // as long; the wait ends as soon as the socket answers.
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if self.cli_ok(&["status"]).is_ok() {
                 return Ok(());

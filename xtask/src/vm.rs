@@ -105,7 +105,9 @@ pub fn run_matrix(kernels: &[&'static Kernel], opts: &Options) -> anyhow::Result
         .collect::<anyhow::Result<Vec<_>>>()?;
     let image = build_image(&plan)?;
     let accel = accelerator();
+    // Every kernel runs even when one fails: one run shows them all.
     let mut summary = Vec::new();
+    let mut failed = 0;
     for k in &fetched {
         let started = Instant::now();
         let outcome = boot(k, &image, &accel, &plan, opts);
@@ -113,15 +115,19 @@ pub fn run_matrix(kernels: &[&'static Kernel], opts: &Options) -> anyhow::Result
         match outcome {
             Ok(()) => summary.push(format!("{} ({}): passed in {secs} s", k.name, k.release)),
             Err(e) => {
-                return Err(e.context(format!(
-                    "kernel {} ({}) failed after {secs} s; rerun with `cargo xtask kernels --kernels {}`",
+                failed += 1;
+                summary.push(format!(
+                    "{} ({}): FAILED after {secs} s: {e:#}; rerun it alone with `cargo xtask kernels --kernels {}`",
                     k.name, k.release, k.name
-                )));
+                ));
             }
         }
     }
-    for line in summary {
+    for line in &summary {
         eprintln!("kernel matrix: {line}");
+    }
+    if failed > 0 {
+        bail!("{failed} of {} kernels failed", fetched.len());
     }
     Ok(())
 }

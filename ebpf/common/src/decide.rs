@@ -305,6 +305,17 @@ pub fn find_ban<T: Tables>(t: &T, cfg: &Config, src: &Source, now: u64) -> bool 
     }
 }
 
+/// The prefix lengths in use in a list, for one family.
+#[inline(always)]
+pub fn prefix_lens(cfg: &Config, list: List, v6: bool) -> &PrefixLens {
+    match (list, v6) {
+        (List::Allow, false) => &cfg.allow_v4,
+        (List::Block, false) => &cfg.block_v4,
+        (List::Allow, true) => &cfg.allow_v6,
+        (List::Block, true) => &cfg.block_v6,
+    }
+}
+
 /// The loop behind [`Tables::find_list_v4`].
 #[inline(always)]
 pub fn probe_list_v4<T: Tables + ?Sized, F: Fn() -> u64>(
@@ -314,10 +325,7 @@ pub fn probe_list_v4<T: Tables + ?Sized, F: Fn() -> u64>(
     addr: u32,
     clock: &F,
 ) -> Option<ListEntry> {
-    let lens = match list {
-        List::Allow => &cfg.allow_v4,
-        List::Block => &cfg.block_v4,
-    };
+    let lens = prefix_lens(cfg, list, false);
     // Lengths are probed longest first: when the first is under /24,
     // none is at or over it and the summary need not be read.
     let near = lens.count > 0 && lens.lens[0] >= slash24::MIN_LEN && t.v4_slash24(list, addr);
@@ -342,10 +350,7 @@ pub fn probe_list_v6<T: Tables + ?Sized, F: Fn() -> u64>(
     addr: &Addr,
     clock: &F,
 ) -> Option<ListEntry> {
-    let lens = match list {
-        List::Allow => &cfg.allow_v6,
-        List::Block => &cfg.block_v6,
-    };
+    let lens = prefix_lens(cfg, list, true);
     probe(
         lens,
         |len| t.list_v6(list, &v6_key(*addr, len)),

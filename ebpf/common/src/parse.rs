@@ -8,10 +8,27 @@
 
 use crate::abi::Addr;
 
+/// Plain integers that may be read out of packet bytes: every bit pattern
+/// is a valid value. Sealed, so safe code cannot read a reference or any
+/// other type with invalid bit patterns out of a frame.
+pub trait Wire: Copy + sealed::Sealed {}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! wire {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl Wire for $t {}
+    )*};
+}
+wire!(u8, u16, u32, u64);
+
 /// Read access to a frame.
 pub trait Frame {
     /// Reads a `T` at byte offset `off`, or `None` past the end of the frame.
-    fn read<T: Copy>(&self, off: usize) -> Option<T>;
+    fn read<T: Wire>(&self, off: usize) -> Option<T>;
     /// Length of the frame in bytes.
     fn len(&self) -> usize;
 
@@ -282,12 +299,13 @@ fn parse_l4<F: Frame>(f: &F, off: usize, mut pkt: Packet) -> Parsed {
 
 /// A frame held in a byte slice (user space: the model, tests, `explain`).
 impl Frame for &[u8] {
-    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+    fn read<T: Wire>(&self, off: usize) -> Option<T> {
         let end = off.checked_add(core::mem::size_of::<T>())?;
         if end > <[u8]>::len(self) {
             return None;
         }
-        // SAFETY: in bounds (checked above); T is plain data read unaligned.
+        // SAFETY: in bounds (checked above); T is a plain integer (`Wire`),
+        // valid for any bytes, read unaligned.
         Some(unsafe { self.as_ptr().add(off).cast::<T>().read_unaligned() })
     }
 

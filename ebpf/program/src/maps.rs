@@ -17,7 +17,7 @@ use rampart_common::{
         event_kind, list_table_index, slash24, stat,
     },
     decide::{
-        BanStarted, List, Metered, Tables, Verdict, meter, probe_ban_v4, probe_ban_v6,
+        BanStarted, List, Metered, Tables, Verdict, meter, prefix_lens, probe_ban_v4, probe_ban_v6,
         probe_list_v4, probe_list_v6, start_ban,
     },
     list_table::{self, V4Slot, V6Slot},
@@ -390,6 +390,10 @@ impl Tables for BpfTables<'_> {
         addr: u32,
         _clock: &F,
     ) -> Option<ListEntry> {
+        // An empty list costs no call.
+        if prefix_lens(cfg, list, false).count == 0 {
+            return None;
+        }
         decode(rampart_find_v4(cfg, list.index(), addr))
     }
 
@@ -401,17 +405,20 @@ impl Tables for BpfTables<'_> {
         addr: &Addr,
         _clock: &F,
     ) -> Option<ListEntry> {
+        if prefix_lens(cfg, list, true).count == 0 {
+            return None;
+        }
         decode(rampart_find_v6(cfg, list.index(), addr))
     }
 
     #[inline(always)]
     fn find_ban_v4(&self, cfg: &Config, addr: u32, now: u64) -> bool {
-        rampart_ban_v4(cfg, addr, now) != 0
+        cfg.ban_v4.count != 0 && rampart_ban_v4(cfg, addr, now) != 0
     }
 
     #[inline(always)]
     fn find_ban_v6(&self, cfg: &Config, addr: &Addr, now: u64) -> bool {
-        rampart_ban_v6(cfg, addr, now) != 0
+        cfg.ban_v6.count != 0 && rampart_ban_v6(cfg, addr, now) != 0
     }
 
     #[inline(always)]

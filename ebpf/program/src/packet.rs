@@ -2,7 +2,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use rampart_common::parse::Frame;
+use rampart_common::parse::{Frame, Wire};
 
 /// Offsets beyond this are refused before pointer arithmetic, so the verifier
 /// always sees a bounded offset (every header we read starts well below it).
@@ -25,7 +25,7 @@ impl XdpFrame {
 
 impl Frame for XdpFrame {
     #[inline(always)]
-    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+    fn read<T: Wire>(&self, off: usize) -> Option<T> {
         if off > MAX_OFFSET {
             return None;
         }
@@ -33,7 +33,8 @@ impl Frame for XdpFrame {
         if p + size_of::<T>() > self.end {
             return None;
         }
-        // SAFETY: [p, p + size_of::<T>()) lies inside the packet (checked above).
+        // SAFETY: [p, p + size_of::<T>()) lies inside the packet (checked
+        // above), and T is a plain integer (`Wire`), valid for any bytes.
         Some(unsafe { (p as *const T).read_unaligned() })
     }
 
