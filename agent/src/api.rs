@@ -2,11 +2,7 @@
 //! Unix socket), shared by the server and the CLI. Paths are versioned: /v1/.
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    attach::IfaceStatus,
-    core::{BanRow, EntryRow, ReloadStatus},
-    prefix::Prefix,
-};
+use crate::prefix::Prefix;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AddRequest {
@@ -88,8 +84,8 @@ pub struct Explain {
 /// `rampart feeds list`: every configured feed and the CrowdSec bouncer.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct FeedsView {
-    pub feeds: Vec<crate::feeds::FeedStatus>,
-    pub crowdsec: Option<crate::crowdsec::CrowdsecStatus>,
+    pub feeds: Vec<FeedStatus>,
+    pub crowdsec: Option<CrowdsecStatus>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -100,3 +96,98 @@ pub struct RefreshRequest {
 
 pub type Entries = Vec<EntryRow>;
 pub type Bans = Vec<BanRow>;
+
+// Status rows, reported on the wire by `status`, `feeds list`, `block list`
+// and `bans list`; the modules that keep each state fill them.
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IfaceStatus {
+    pub name: String,
+    pub ifindex: Option<u32>,
+    /// native, generic, or none.
+    pub mode: String,
+    pub attached: bool,
+    pub program_id: Option<u32>,
+    pub error: Option<String>,
+}
+
+impl IfaceStatus {
+    pub fn down(name: &str, error: String) -> Self {
+        Self {
+            name: name.into(),
+            ifindex: None,
+            mode: "none".into(),
+            attached: false,
+            program_id: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// One row of `block list` / `allow list`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EntryRow {
+    pub prefix: Prefix,
+    /// config, protected, cli or feed:NAME (several when listed by several).
+    pub origin: Vec<String>,
+    /// Unix seconds; None never expires.
+    pub expires: Option<u64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BanRow {
+    pub prefix: Prefix,
+    pub expires: u64,
+    pub offences: u32,
+    pub policy: String,
+    pub active: bool,
+}
+
+/// Result of the last reload, for `status` and metrics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    pub last_result: String,
+    pub last_attempt: u64,
+    pub last_success: u64,
+    pub errors: Vec<String>,
+    pub ok_total: u64,
+    pub failed_total: u64,
+}
+
+/// The bouncer's state, for `rampart feeds list`, `status` and metrics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CrowdsecStatus {
+    pub url: String,
+    /// Decisions in force as blocklist entries.
+    pub active: u64,
+    pub last_success: u64,
+    pub last_error: Option<String>,
+    pub polls_ok: u64,
+    pub polls_failed: u64,
+    pub added_total: u64,
+    pub deleted_total: u64,
+    /// Ban decisions for protected addresses, not applied.
+    pub skipped_protected_total: u64,
+    /// Decisions of other types or scopes, or unreadable ones.
+    pub ignored_total: u64,
+}
+
+/// One feed's state, for `rampart feeds list`, `status` and metrics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FeedStatus {
+    pub name: String,
+    pub source: String,
+    pub action: String,
+    /// Entries the feed holds in the lists now.
+    pub entries: u64,
+    pub skipped_protected: u64,
+    pub skipped_allowlisted: u64,
+    pub skipped_invalid: u64,
+    /// Unix seconds; 0: never.
+    pub last_attempt: u64,
+    pub last_success: u64,
+    pub last_error: Option<String>,
+    pub refreshes_ok: u64,
+    pub refreshes_failed: u64,
+}

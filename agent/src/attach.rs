@@ -14,39 +14,16 @@ use aya::programs::{
     links::{FdLink, LinkError, PinnedLink},
     xdp::{XdpLink, XdpLinkId},
 };
-use serde::{Deserialize, Serialize};
 
+pub use crate::api::IfaceStatus;
 use crate::{config::AttachMode, host};
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct IfaceStatus {
-    pub name: String,
-    pub ifindex: Option<u32>,
-    /// native, generic, or none.
-    pub mode: String,
-    pub attached: bool,
-    pub program_id: Option<u32>,
-    pub error: Option<String>,
-}
-
-impl IfaceStatus {
-    pub fn down(name: &str, error: String) -> Self {
-        Self {
-            name: name.into(),
-            ifindex: None,
-            mode: "none".into(),
-            attached: false,
-            program_id: None,
-            error: Some(error),
-        }
-    }
-}
 
 fn link_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
-fn link_pin(pin_dir: &Path, name: &str, ifindex: u32) -> PathBuf {
+/// Where the link of the program on interface `name` is pinned.
+pub fn link_pin(pin_dir: &Path, name: &str, ifindex: u32) -> PathBuf {
     link_dir(pin_dir).join(format!("{name}@{ifindex}"))
 }
 

@@ -5,15 +5,13 @@ use std::{
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::{
-    crowdsec::CrowdsecSection, datapath::Capacities, feed::FeedSpec, policy::PolicySpec,
-    prefix::Prefix,
-};
+use crate::{feed::FeedSpec, policy::PolicySpec, prefix::Prefix};
 
 /// The configuration used when the config file does not exist.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -487,6 +485,105 @@ pub fn parse(text: &str, file: &str) -> Result<Validated, ConfigErrors> {
         protected,
         config,
     })
+}
+
+/// Sizes of the tables, fixed when the maps are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capacities {
+    pub allow_v4: u32,
+    pub allow_v6: u32,
+    pub block_v4: u32,
+    pub block_v6: u32,
+    pub bans_v4: u32,
+    pub bans_v6: u32,
+    /// Sets of the rate table (rounded up to a power of two); each holds
+    /// four sources. A spoofed flood reads 32 bytes of a random set per
+    /// packet; the default's sets (65,536 sources, 512 KiB; 2.5 MiB with the
+    /// buckets) stay in a core's cache, and at four times the size each read
+    /// costs a cache miss (docs/benchmarks.md). A spoofed flood fills any
+    /// size within milliseconds, so more sets buy room for legitimate
+    /// sources in calm times, not resilience under attack.
+    pub rate_sets: u32,
+}
+
+impl Capacities {
+    /// The list capacities in `abi::list_table_index` order.
+    pub fn lists(&self) -> [u32; 4] {
+        [self.allow_v4, self.allow_v6, self.block_v4, self.block_v6]
+    }
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            allow_v4: 1 << 16,
+            allow_v6: 1 << 16,
+            block_v4: 1 << 20,
+            block_v6: 1 << 18,
+            bans_v4: 1 << 16,
+            bans_v6: 1 << 16,
+            rate_sets: 1 << 14,
+        }
+    }
+}
+
+/// The `[crowdsec]` config section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrowdsecSection {
+    /// The local API (LAPI) base URL.
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// A file holding the bouncer key from `cscli bouncers add`.
+    pub api_key_file: PathBuf,
+    /// How often the decision stream is polled.
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll: Duration,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Decision types enforced as blocks; others (e.g. captcha) are ignored.
+    #[serde(default = "default_types")]
+    pub types: Vec<String>,
+}
+
+fn default_url() -> String {
+    "http://127.0.0.1:8080".into()
+}
+fn default_poll() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_types() -> Vec<String> {
+    vec!["ban".into()]
+}
+
+impl CrowdsecSection {
+    pub fn validate(&self) -> Result<(), String> {
+        let u = reqwest::Url::parse(&self.url)
+            .map_err(|e| format!("url '{}' is not a URL: {e}", self.url))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(format!("url '{}' must be http:// or https://", self.url));
+        }
+        if !self.api_key_file.is_absolute() {
+            return Err(format!(
+                "api_key_file '{}' must be an absolute path",
+                self.api_key_file.display()
+            ));
+        }
+        if self.poll < Duration::from_secs(1) || self.poll > Duration::from_secs(3600) {
+            return Err("poll must be between 1s and 1h".into());
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(300) {
+            return Err("timeout must be between 1s and 5m".into());
+        }
+        if self.types.is_empty() {
+            return Err("types must name at least one decision type (e.g. [\"ban\"])".into());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -28,9 +28,10 @@ use crate::{
         self, AddRequest, ApiError, BansDelRequest, Changed, DelRequest, StatRow, Status, TableFill,
     },
     core::CoreError,
-    daemon::{BULK_CHANGE, Shared, lock, release_freed_memory, reload},
     persist::ListKind,
     policy::Protocol,
+    reload::reload,
+    shared::{BULK_CHANGE, Shared, lock, release_freed_memory},
 };
 
 /// Largest request body, except imports.

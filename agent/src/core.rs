@@ -12,8 +12,9 @@ use rampart_common::{
     abi::{BanEntry, Config as KernelConfig, ListEntry, Policy, config_flag, entry_flag},
     decide::List,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use crate::api::{BanRow, EntryRow, ReloadStatus};
 use crate::{
     clock,
     config::{Malformed, Validated},
@@ -109,43 +110,12 @@ impl Sources {
     }
 }
 
-/// One row of `block list` / `allow list`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct EntryRow {
-    pub prefix: Prefix,
-    /// config, protected, cli or feed:NAME (several when listed by several).
-    pub origin: Vec<String>,
-    /// Unix seconds; None never expires.
-    pub expires: Option<u64>,
-    pub reason: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BanRow {
-    pub prefix: Prefix,
-    pub expires: u64,
-    pub offences: u32,
-    pub policy: String,
-    pub active: bool,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
-}
-
-/// Result of the last reload, for `status` and metrics.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ReloadStatus {
-    pub last_result: String,
-    pub last_attempt: u64,
-    pub last_success: u64,
-    pub errors: Vec<String>,
-    pub ok_total: u64,
-    pub failed_total: u64,
 }
 
 /// A borrowed `SavedEntry`.

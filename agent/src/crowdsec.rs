@@ -4,99 +4,20 @@
 //!
 //! The first poll (and the first after any failure) asks for the whole
 //! set (`startup=true`) and reconciles: entries CrowdSec no longer holds go.
-use std::{
-    collections::HashSet,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+pub use crate::config::CrowdsecSection;
+pub use crate::{api::CrowdsecStatus, shared::Bouncer};
 use crate::{
     clock,
     core::CROWDSEC_ORIGIN,
-    daemon::{Shared, lock},
     feed::{error_chain, read_capped},
     persist::ListKind,
     prefix::Prefix,
+    shared::{Shared, lock},
 };
-
-/// The `[crowdsec]` config section.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CrowdsecSection {
-    /// The local API (LAPI) base URL.
-    #[serde(default = "default_url")]
-    pub url: String,
-    /// A file holding the bouncer key from `cscli bouncers add`.
-    pub api_key_file: PathBuf,
-    /// How often the decision stream is polled.
-    #[serde(default = "default_poll", with = "humantime_serde")]
-    pub poll: Duration,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Decision types enforced as blocks; others (e.g. captcha) are ignored.
-    #[serde(default = "default_types")]
-    pub types: Vec<String>,
-}
-
-fn default_url() -> String {
-    "http://127.0.0.1:8080".into()
-}
-fn default_poll() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_types() -> Vec<String> {
-    vec!["ban".into()]
-}
-
-impl CrowdsecSection {
-    pub fn validate(&self) -> Result<(), String> {
-        let u = reqwest::Url::parse(&self.url)
-            .map_err(|e| format!("url '{}' is not a URL: {e}", self.url))?;
-        if !matches!(u.scheme(), "http" | "https") {
-            return Err(format!("url '{}' must be http:// or https://", self.url));
-        }
-        if !self.api_key_file.is_absolute() {
-            return Err(format!(
-                "api_key_file '{}' must be an absolute path",
-                self.api_key_file.display()
-            ));
-        }
-        if self.poll < Duration::from_secs(1) || self.poll > Duration::from_secs(3600) {
-            return Err("poll must be between 1s and 1h".into());
-        }
-        if self.timeout.is_zero() || self.timeout > Duration::from_secs(300) {
-            return Err("timeout must be between 1s and 5m".into());
-        }
-        if self.types.is_empty() {
-            return Err("types must name at least one decision type (e.g. [\"ban\"])".into());
-        }
-        Ok(())
-    }
-}
-
-/// The bouncer's state, for `rampart feeds list`, `status` and metrics.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CrowdsecStatus {
-    pub url: String,
-    /// Decisions in force as blocklist entries.
-    pub active: u64,
-    pub last_success: u64,
-    pub last_error: Option<String>,
-    pub polls_ok: u64,
-    pub polls_failed: u64,
-    pub added_total: u64,
-    pub deleted_total: u64,
-    /// Ban decisions for protected addresses, not applied.
-    pub skipped_protected_total: u64,
-    /// Decisions of other types or scopes, or unreadable ones.
-    pub ignored_total: u64,
-}
 
 /// One decision as the stream sends it.
 #[derive(Debug, Deserialize)]
@@ -173,23 +94,6 @@ fn target(d: &Decision) -> Option<Prefix> {
             (len <= max).then(|| Prefix::new_masked(addr, len))
         }
         _ => None,
-    }
-}
-
-pub struct Bouncer {
-    pub status: Mutex<Option<CrowdsecStatus>>,
-    client: reqwest::Client,
-}
-
-impl Default for Bouncer {
-    fn default() -> Self {
-        Self {
-            status: Mutex::new(None),
-            client: reqwest::Client::builder()
-                .user_agent(concat!("rampart-bouncer/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .unwrap_or_default(),
-        }
     }
 }
 

@@ -8,11 +8,9 @@
 //! interfaces that come back are re-attached. On SIGTERM the agent exits and
 //! the pinned program keeps filtering; `rampart detach` removes it.
 use std::{
-    collections::hash_map::DefaultHasher,
-    hash::{Hash, Hasher},
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -21,15 +19,16 @@ use rampart_common::abi::{Event, LAYOUT_VERSION, event_kind};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    attach::{self, IfaceStatus},
     audit::Audit,
     clock,
     config::{self, LogFormat, Validated},
-    core::{Core, CoreError},
+    core::Core,
     datapath::{Datapath, MAP_NAMES},
     host,
     metrics::Metrics,
     persist,
+    reload::{hash_of, reload, sync_interfaces},
+    shared::{Shared, lock},
     top::Top,
 };
 
@@ -39,34 +38,6 @@ pub struct AgentOptions {
     /// Recreate the maps (to apply new capacities); runtime state comes back
     /// from the state file.
     pub replace_maps: bool,
-}
-
-/// Everything the tasks and handlers share. Lock order: `core` first; no
-/// other of these locks is held while `core` is taken.
-pub struct Shared {
-    pub core: Mutex<Core>,
-    pub ifaces: Mutex<Vec<IfaceStatus>>,
-    pub slots: Mutex<Vec<(u32, String)>>,
-    pub top: Mutex<Top>,
-    pub metrics: Metrics,
-    pub audit: Audit,
-    pub config_path: PathBuf,
-    pub pin_dir: PathBuf,
-    pub state_dir: PathBuf,
-    pub state_error: Mutex<Option<String>>,
-    config_hash: Mutex<u64>,
-    pub feeds: crate::feeds::Feeds,
-    pub crowdsec: crate::crowdsec::Bouncer,
-    /// Held for a whole save: one writer of the state file at a time.
-    saving: Mutex<()>,
-    /// Wakes the saver after a change, so it reaches the state file at once.
-    pub save_soon: tokio::sync::Notify,
-}
-
-/// Locks a mutex, recovering from poisoning: a panicked holder must not take
-/// the agent's control plane down with it.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The pin directory of this layout version.
@@ -126,12 +97,6 @@ fn raise_memlock() {
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
     }
-}
-
-fn hash_of(text: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
 }
 
 async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
@@ -279,134 +244,6 @@ fn remove_tree(p: &Path) -> std::io::Result<()> {
     std::fs::remove_dir(p)
 }
 
-/// The interfaces to protect: configured, or those with a default route.
-fn wanted_interfaces(core: &Core) -> Vec<String> {
-    let c = &core.cfg.config.agent.interfaces;
-    if c.is_empty() {
-        host::default_route_interfaces()
-    } else {
-        c.clone()
-    }
-}
-
-/// Attaches to every wanted interface not attached yet (or whose device was
-/// re-created); one failing interface does not stop the others.
-pub fn sync_interfaces(shared: &Shared) {
-    let mut core = lock(&shared.core);
-    let wanted = wanted_interfaces(&core);
-    let mode = core.cfg.config.agent.attach_mode;
-    let mut ifaces = lock(&shared.ifaces);
-    let mut slots = Vec::new();
-    let mut next: Vec<IfaceStatus> = Vec::new();
-    for (i, name) in wanted.iter().enumerate() {
-        let slot = i as u32 + 1;
-        slots.push((slot, name.clone()));
-        let current = host::ifindex(name);
-        let prev = ifaces.iter().find(|s| &s.name == name).cloned();
-        let fine = prev
-            .as_ref()
-            .is_some_and(|p| p.attached && p.ifindex == current && current.is_some())
-            && attach::pinned_link_alive(&shared.pin_dir, name);
-        if fine {
-            next.extend(prev);
-            continue;
-        }
-        let status = match current {
-            None => IfaceStatus::down(name, format!("interface {name} does not exist")),
-            Some(ifindex) => {
-                let res = core
-                    .dp
-                    .program_mut()
-                    .map_err(|e| e.to_string())
-                    .and_then(|prog| attach::attach(prog, &shared.pin_dir, name, mode));
-                match res {
-                    Ok(s) => {
-                        if ifindex < rampart_common::abi::MAX_IFINDEX
-                            && slot < rampart_common::abi::MAX_IFACE_SLOTS
-                        {
-                            let _ = core.dp.set_iface_slot(ifindex, slot);
-                        } else {
-                            tracing::warn!(interface = %name, ifindex, "no counter slot for this interface: its packets are counted as interface \"other\"");
-                        }
-                        tracing::info!(interface = %name, mode = %s.mode, ifindex, "attached");
-                        s
-                    }
-                    Err(e) => {
-                        tracing::error!(interface = %name, error = %e, "could not attach");
-                        IfaceStatus::down(name, e)
-                    }
-                }
-            }
-        };
-        if prev.as_ref().is_some_and(|p| p.attached) && current.is_none() {
-            tracing::warn!(interface = %name, "interface disappeared; will re-attach when it returns");
-        }
-        next.push(status);
-    }
-    // Interfaces no longer wanted: detach them.
-    for old in ifaces.iter() {
-        if !wanted.contains(&old.name) && old.attached {
-            if let Some(ifindex) = old.ifindex {
-                let _ = std::fs::remove_file(
-                    shared
-                        .pin_dir
-                        .join("links")
-                        .join(format!("{}@{ifindex}", old.name)),
-                );
-                tracing::info!(interface = %old.name, "detached (no longer configured)");
-            }
-        }
-    }
-    *ifaces = next;
-    *lock(&shared.slots) = slots;
-}
-
-/// Re-reads the config file and applies it if valid. Invalid: nothing changes.
-pub fn reload(shared: &Shared, trigger: &str) -> Result<(), Vec<String>> {
-    let result = config::load(&shared.config_path)
-        .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())
-        .and_then(|v| {
-            let hash = hash_of(&v.source);
-            let mut core = lock(&shared.core);
-            core.apply(v, false)
-                .map_err(|e: CoreError| vec![e.to_string()])?;
-            *lock(&shared.config_hash) = hash;
-            Ok(())
-        });
-    {
-        let mut core = lock(&shared.core);
-        let now = clock::unix_now();
-        core.reload.last_attempt = now;
-        match &result {
-            Ok(()) => {
-                core.reload.last_result = "ok".into();
-                core.reload.last_success = now;
-                core.reload.errors.clear();
-                core.reload.ok_total += 1;
-            }
-            Err(errs) => {
-                core.reload.last_result = "failed".into();
-                core.reload.errors = errs.clone();
-                core.reload.failed_total += 1;
-            }
-        }
-    }
-    match &result {
-        Ok(()) => {
-            shared.metrics.record_reload(true);
-            tracing::info!(trigger, "configuration reloaded");
-            sync_interfaces(shared);
-        }
-        Err(errs) => {
-            shared.metrics.record_reload(false);
-            for e in errs {
-                tracing::error!(trigger, "reload refused, running config unchanged: {e}");
-            }
-        }
-    }
-    result
-}
-
 /// Reloads when the config file's content changes. Polling the content
 /// (through symlinks) catches Kubernetes ConfigMap updates, which swap a
 /// symlink in the directory rather than writing the file.
@@ -510,21 +347,6 @@ async fn housekeeping(shared: Arc<Shared>) {
             }
             core.count_entries();
         }
-    }
-}
-
-/// Changes at least this large hand their freed memory back afterwards.
-pub const BULK_CHANGE: usize = 10_000;
-
-/// Hands memory freed by a bulk change (request bodies, staging vectors,
-/// parsed feeds) back to the system. The allocator otherwise keeps it for
-/// reuse, and the agent's resident memory would show the peak of the last
-/// import rather than what it holds.
-pub fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns the allocator's own free pages.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

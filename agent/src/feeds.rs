@@ -9,46 +9,15 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::{api::FeedStatus, shared::Feeds};
 use crate::{
     clock,
     core::{Core, FeedApplied},
-    daemon::{BULK_CHANGE, Shared, lock, release_freed_memory},
     feed::{self, FeedAction, FeedSpec},
     persist::ListKind,
     prefix::Prefix,
+    shared::{BULK_CHANGE, Shared, lock, release_freed_memory},
 };
-
-/// One feed's state, for `rampart feeds list`, `status` and metrics.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FeedStatus {
-    pub name: String,
-    pub source: String,
-    pub action: String,
-    /// Entries the feed holds in the lists now.
-    pub entries: u64,
-    pub skipped_protected: u64,
-    pub skipped_allowlisted: u64,
-    pub skipped_invalid: u64,
-    /// Unix seconds; 0: never.
-    pub last_attempt: u64,
-    pub last_success: u64,
-    pub last_error: Option<String>,
-    pub refreshes_ok: u64,
-    pub refreshes_failed: u64,
-}
-
-/// The feed runner's shared state.
-pub struct Feeds {
-    pub book: Mutex<BTreeMap<String, FeedStatus>>,
-    /// The spec each feed was last refreshed with (a change refreshes now).
-    applied: Mutex<BTreeMap<String, FeedSpec>>,
-    /// One refresh at a time: scheduled and requested ones queue here.
-    busy: tokio::sync::Mutex<()>,
-    client: reqwest::Client,
-    cache_dir: PathBuf,
-}
 
 fn kind_of(a: FeedAction) -> ListKind {
     match a {

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod attach;
 pub mod audit;
+mod bpf_sys;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -22,6 +23,8 @@ pub mod metrics;
 pub mod persist;
 pub mod policy;
 pub mod prefix;
+pub mod reload;
+pub mod shared;
 mod slash24;
 pub mod top;
 

@@ -18,7 +18,7 @@ use rampart_common::{
 // for maps keyed by them, and a million-entry import spends far less in it.
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::datapath::{DatapathError, batch_update, map_err, read_array};
+use crate::bpf_sys::{DatapathError, batch_update, map_err, read_array};
 
 /// Where a key is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

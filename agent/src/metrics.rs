@@ -300,8 +300,8 @@ impl Metrics {
     /// Feed and CrowdSec figures, refreshed at scrape time.
     pub fn set_sources(
         &self,
-        feeds: &[crate::feeds::FeedStatus],
-        crowdsec: Option<&crate::crowdsec::CrowdsecStatus>,
+        feeds: &[crate::api::FeedStatus],
+        crowdsec: Option<&crate::api::CrowdsecStatus>,
     ) {
         self.feed_entries.reset();
         self.feed_skipped.reset();
@@ -342,7 +342,7 @@ impl Metrics {
         &self,
         core: &Core,
         slots: &[(u32, String)],
-        ifaces: &[crate::attach::IfaceStatus],
+        ifaces: &[crate::api::IfaceStatus],
     ) -> String {
         self.refresh(core, slots, ifaces);
         let mut out = Vec::new();
@@ -350,7 +350,7 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    fn refresh(&self, core: &Core, slots: &[(u32, String)], ifaces: &[crate::attach::IfaceStatus]) {
+    fn refresh(&self, core: &Core, slots: &[(u32, String)], ifaces: &[crate::api::IfaceStatus]) {
         if let Ok(c) = core.dp.counters() {
             for (slot, name) in slots
                 .iter()

@@ -5,6 +5,7 @@ mod cmd;
 mod demo;
 mod kernels;
 mod manifests;
+mod modgraph;
 mod reliability;
 mod setup;
 mod test;

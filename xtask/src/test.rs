@@ -43,6 +43,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     // A bad --kernels fails before anything runs.
     crate::kernels::select(&args.kernels.kernels)?;
     cargo(&["fmt", "--all", "--", "--check"])?;
+    // The agent's layers run one way: no module imports one that imports it.
+    crate::modgraph::check(&cmd::root().join("agent/src"))?;
     // Host crates (the agent's build script builds and embeds the XDP object).
     cargo(&[
         "clippy",

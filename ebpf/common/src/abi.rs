@@ -10,33 +10,46 @@ pub const LAYOUT_VERSION: u32 = 4;
 
 /// Map names as the kernel and the pin directory see them (at most 15 bytes).
 pub mod map_name {
-    pub const CONFIG: &str = "CONFIG";
-    pub const CONFIG_ACTIVE: &str = "CONFIG_ACTIVE";
-    pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
-    pub const COUNTERS: &str = "COUNTERS";
-    pub const STATS: &str = "STATS";
-    pub const ALLOW_V4: &str = "ALLOW_V4";
-    pub const ALLOW_V6: &str = "ALLOW_V6";
-    pub const BLOCK_V4: &str = "BLOCK_V4";
-    pub const BLOCK_V6: &str = "BLOCK_V6";
-    /// Each list table's spill hash map and spill flags
-    /// ([`crate::list_table`]).
-    pub const ALLOW_V4_SPILL: &str = "ALLOW_V4_SPILL";
-    pub const ALLOW_V6_SPILL: &str = "ALLOW_V6_SPILL";
-    pub const BLOCK_V4_SPILL: &str = "BLOCK_V4_SPILL";
-    pub const BLOCK_V6_SPILL: &str = "BLOCK_V6_SPILL";
-    pub const ALLOW_V4_SPFLAG: &str = "ALLOW_V4_SPFLAG";
-    pub const ALLOW_V6_SPFLAG: &str = "ALLOW_V6_SPFLAG";
-    pub const BLOCK_V4_SPFLAG: &str = "BLOCK_V4_SPFLAG";
-    pub const BLOCK_V6_SPFLAG: &str = "BLOCK_V6_SPFLAG";
-    pub const BANS_V4: &str = "BANS_V4";
-    pub const BANS_V6: &str = "BANS_V6";
-    pub const POLICIES: &str = "POLICIES";
-    pub const RATE_SETS: &str = "RATE_SETS";
-    pub const RATE_BUCKETS: &str = "RATE_BUCKETS";
-    pub const RATE_EXTRA: &str = "RATE_EXTRA";
-    pub const EVENTS: &str = "EVENTS";
-    pub const V4_SLASH24: &str = "V4_SLASH24";
+    /// Defines each map's name once, and [`ALL`] from the same list.
+    macro_rules! names {
+        ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+            $($(#[$doc])* pub const $name: &str = stringify!($name);)*
+            /// Every map of the program: each is pinned under its name.
+            pub const ALL: &[&str] = &[$($name),*];
+        };
+    }
+    names!(
+        CONFIG,
+        CONFIG_ACTIVE,
+        IFACE_SLOTS,
+        COUNTERS,
+        STATS,
+        ALLOW_V4,
+        ALLOW_V6,
+        BLOCK_V4,
+        BLOCK_V6,
+        /// Each list table's spill hash map and spill flags
+        /// ([`crate::list_table`]).
+        ALLOW_V4_SPILL,
+        ALLOW_V6_SPILL,
+        BLOCK_V4_SPILL,
+        BLOCK_V6_SPILL,
+        ALLOW_V4_SPFLAG,
+        ALLOW_V6_SPFLAG,
+        BLOCK_V4_SPFLAG,
+        BLOCK_V6_SPFLAG,
+        BANS_V4,
+        BANS_V6,
+        POLICIES,
+        RATE_SETS,
+        RATE_BUCKETS,
+        RATE_EXTRA,
+        EVENTS,
+        V4_SLASH24,
+        /// The sampler's and the clock cache's per-CPU state.
+        SAMPLER,
+        CLOCK,
+    );
 }
 
 /// The /24 summary of the IPv4 lists ([`map_name::V4_SLASH24`]): one bit per
