@@ -9,13 +9,12 @@ use serde::Serialize;
 
 use crate::{
     api::{
-        self, AddRequest, BansDelRequest, Changed, DelRequest, Explain, StatRow, Status, TopRow,
+        self, AddRequest, BansDelRequest, Changed, CrowdsecStatus, DelRequest, Explain, FeedStatus,
+        StatRow, Status, TopRow,
     },
     client::Client,
     clock,
     config::{self, LogFormat},
-    crowdsec::CrowdsecStatus,
-    feeds::FeedStatus,
     prefix::Prefix,
 };
 

@@ -27,11 +27,11 @@ use crate::{
     api::{
         self, AddRequest, ApiError, BansDelRequest, Changed, DelRequest, StatRow, Status, TableFill,
     },
-    core::CoreError,
     persist::ListKind,
     policy::Protocol,
     reload::reload,
     shared::{BULK_CHANGE, Shared, lock, release_freed_memory},
+    state::CoreError,
 };
 
 /// Largest request body, except imports.

@@ -12,11 +12,11 @@ pub use crate::config::CrowdsecSection;
 pub use crate::{api::CrowdsecStatus, shared::Bouncer};
 use crate::{
     clock,
-    core::CROWDSEC_ORIGIN,
     feed::{error_chain, read_capped},
     persist::ListKind,
     prefix::Prefix,
     shared::{Shared, lock},
+    state::CROWDSEC_ORIGIN,
 };
 
 /// One decision as the stream sends it.

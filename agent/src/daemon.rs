@@ -22,13 +22,13 @@ use crate::{
     audit::Audit,
     clock,
     config::{self, LogFormat, Validated},
-    core::Core,
     datapath::{Datapath, MAP_NAMES},
     host,
     metrics::Metrics,
     persist,
     reload::{hash_of, reload, sync_interfaces},
     shared::{Shared, lock},
+    state::Core,
     top::Top,
 };
 

@@ -10,7 +10,7 @@ use rampart_common::{
 };
 
 use crate::{
-    api::Explain, clock, core::Core, datapath::ReadOnlyView, persist::ListKind, policy::Protocol,
+    api::Explain, clock, datapath::ReadOnlyView, persist::ListKind, policy::Protocol, state::Core,
 };
 
 /// A minimal frame: Ethernet, IPv4 or IPv6, and the transport header.

@@ -12,11 +12,11 @@ use std::{
 pub use crate::{api::FeedStatus, shared::Feeds};
 use crate::{
     clock,
-    core::{Core, FeedApplied},
     feed::{self, FeedAction, FeedSpec},
     persist::ListKind,
     prefix::Prefix,
     shared::{BULK_CHANGE, Shared, lock, release_freed_memory},
+    state::{Core, FeedApplied},
 };
 
 fn kind_of(a: FeedAction) -> ListKind {
@@ -75,7 +75,7 @@ impl Feeds {
             if let std::collections::btree_map::Entry::Vacant(v) = adopted.entry(kind) {
                 let keys = core
                     .dp
-                    .list_entries(crate::core::list_of(kind))
+                    .list_entries(crate::state::list_of(kind))
                     .map(|v| v.into_iter().map(|(p, _)| p).collect())
                     .unwrap_or_default();
                 v.insert(keys);

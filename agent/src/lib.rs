@@ -9,7 +9,6 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod control;
-pub mod core;
 pub mod crowdsec;
 pub mod daemon;
 pub mod datapath;
@@ -26,6 +25,7 @@ pub mod prefix;
 pub mod reload;
 pub mod shared;
 mod slash24;
+pub mod state;
 pub mod top;
 
 /// Cases per parser property test: `default` in `cargo xtask test`,

@@ -7,7 +7,7 @@ use prometheus::{
 };
 use rampart_common::abi::{self, action, counter_index, reason, stat};
 
-use crate::{core::Core, persist::ListKind};
+use crate::{persist::ListKind, state::Core};
 
 pub struct Metrics {
     registry: Registry,

@@ -8,10 +8,9 @@ use std::{
 
 use crate::{
     api::IfaceStatus,
-    attach, clock, config,
-    core::{Core, CoreError},
-    host,
+    attach, clock, config, host,
     shared::{Shared, lock},
+    state::{Core, CoreError},
 };
 
 /// A hash of the config file's text, to tell a real change from a touch.

@@ -12,9 +12,9 @@ use std::{
 use crate::{
     api::{CrowdsecStatus, FeedStatus, IfaceStatus},
     audit::Audit,
-    core::Core,
     feed::FeedSpec,
     metrics::Metrics,
+    state::Core,
     top::Top,
 };
 
