@@ -173,7 +173,8 @@ fn download(kernel: &Kernel, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn path_str(p: &Path) -> anyhow::Result<&str> {
+/// A path as the `&str` a command line takes.
+pub fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str()
         .with_context(|| format!("path is not UTF-8: {}", p.display()))
 }

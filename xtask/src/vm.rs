@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 
 use crate::{
     cmd,
-    kernels::{self, Fetched, Kernel},
+    kernels::{self, Fetched, Kernel, path_str},
 };
 
 /// A test binary of `rampart-tests` run in every VM, with the bounds that
@@ -530,11 +530,6 @@ fn which(tool: &str) -> anyhow::Result<PathBuf> {
         .map(|d| Path::new(d).join(tool))
         .find(|p| p.is_file())
         .with_context(|| format!("'{tool}' is not installed (cargo xtask setup installs it)"))
-}
-
-fn path_str(p: &Path) -> anyhow::Result<&str> {
-    p.to_str()
-        .with_context(|| format!("path is not UTF-8: {}", p.display()))
 }
 
 #[cfg(test)]
