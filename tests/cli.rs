@@ -33,7 +33,7 @@ fn every_command_in_table_and_json() -> anyhow::Result<()> {
     // status
     let t = lab.cli_ok(&["status"])?;
     assert!(
-        t.contains("INTERFACE") && t.contains(&lab.iface()) && t.contains("block_v4"),
+        t.contains("INTERFACE") && t.contains(&lab.iface()) && t.contains("BLOCK_V4"),
         "{t}"
     );
     let s = lab.cli_json(&["status"])?;

@@ -362,7 +362,7 @@ fn a_large_feed_loads_and_a_feed_that_does_not_fit_changes_nothing() -> anyhow::
                 .and_then(|a| a.iter().find(|r| r["table"] == t))
                 .map_or(0, |r| r["entries"].as_u64().unwrap_or(0))
         };
-        (get("block_v4"), get("block_v6"))
+        (get("BLOCK_V4"), get("BLOCK_V6"))
     };
     assert_eq!(fill(), (150_001, 50_000));
 

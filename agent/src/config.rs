@@ -11,6 +11,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use rampart_common::decide::List;
+
 use crate::{feed::FeedSpec, policy::PolicySpec, prefix::Prefix};
 
 /// The configuration used when the config file does not exist.
@@ -282,38 +284,26 @@ pub fn parse(text: &str, file: &str) -> Result<Validated, ConfigErrors> {
     let blocklist = prefixes(&config.blocklist.entries, "blocklist.entries", &mut err);
     let protected = prefixes(&config.protected.ranges, "protected.ranges", &mut err);
     let caps = config.capacity;
-    let v4 = blocklist.iter().filter(|p| p.is_ipv4()).count() as u64;
-    if v4 > u64::from(caps.block_v4) {
-        err(
-            0..0,
-            "blocklist.entries".into(),
-            format!(
-                "{v4} IPv4 entries exceed capacity.block_v4 = {}",
-                caps.block_v4
-            ),
-        );
-    }
-    let v6 = blocklist.len() as u64 - v4;
-    if v6 > u64::from(caps.block_v6) {
-        err(
-            0..0,
-            "blocklist.entries".into(),
-            format!(
-                "{v6} IPv6 entries exceed capacity.block_v6 = {}",
-                caps.block_v6
-            ),
-        );
-    }
-    let a4 = allowlist.iter().filter(|p| p.is_ipv4()).count() as u64;
-    if a4 > u64::from(caps.allow_v4) || allowlist.len() as u64 - a4 > u64::from(caps.allow_v6) {
-        err(
-            0..0,
-            "allowlist.entries".into(),
-            format!(
-                "the allowlist exceeds capacity.allow_v4/allow_v6 ({}/{})",
-                caps.allow_v4, caps.allow_v6
-            ),
-        );
+    for (list, entries, field) in [
+        (List::Block, &blocklist, "blocklist.entries"),
+        (List::Allow, &allowlist, "allowlist.entries"),
+    ] {
+        let wanted = PerFamily::count(entries.iter());
+        if let Err(full) = caps.check_room(list, PerFamily::default(), wanted) {
+            err(
+                0..0,
+                field.into(),
+                format!(
+                    "{} IPv4 and {} IPv6 entries exceed capacity.{}_v4/{}_v6 = {}/{}",
+                    wanted.v4,
+                    wanted.v6,
+                    list.name(),
+                    list.name(),
+                    full.capacity.v4,
+                    full.capacity.v6
+                ),
+            );
+        }
     }
     for (name, value) in [
         ("capacity.allow_v4", caps.allow_v4),
@@ -512,6 +502,86 @@ impl Capacities {
     pub fn lists(&self) -> [u32; 4] {
         [self.allow_v4, self.allow_v6, self.block_v4, self.block_v6]
     }
+
+    /// How many entries of each family `list` holds at most.
+    pub fn of_list(&self, list: List) -> PerFamily {
+        let (v4, v6) = match list {
+            List::Allow => (self.allow_v4, self.allow_v6),
+            List::Block => (self.block_v4, self.block_v6),
+        };
+        PerFamily {
+            v4: v4.into(),
+            v6: v6.into(),
+        }
+    }
+
+    /// Whether `adding` new entries fit beside the `held` ones of `list`:
+    /// the capacity rule that config validation, the control API, feed swaps
+    /// and the kernel tables all apply.
+    pub fn check_room(
+        &self,
+        list: List,
+        held: PerFamily,
+        adding: PerFamily,
+    ) -> Result<(), ListFull> {
+        let capacity = self.of_list(list);
+        if fits(held.v4, adding.v4, capacity.v4) && fits(held.v6, adding.v6, capacity.v6) {
+            Ok(())
+        } else {
+            Err(ListFull {
+                list,
+                held,
+                adding,
+                capacity,
+            })
+        }
+    }
+}
+
+/// Whether `adding` more entries fit beside `held` in room for `capacity`.
+pub fn fits(held: u64, adding: u64, capacity: u64) -> bool {
+    held.saturating_add(adding) <= capacity
+}
+
+/// Counts of entries per address family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PerFamily {
+    pub v4: u64,
+    pub v6: u64,
+}
+
+impl From<(u64, u64)> for PerFamily {
+    fn from((v4, v6): (u64, u64)) -> Self {
+        Self { v4, v6 }
+    }
+}
+
+impl PerFamily {
+    /// How many of `prefixes` are IPv4 and IPv6.
+    pub fn count<'a>(prefixes: impl IntoIterator<Item = &'a Prefix>) -> Self {
+        let mut out = Self::default();
+        for p in prefixes {
+            if p.is_ipv4() {
+                out.v4 += 1;
+            } else {
+                out.v6 += 1;
+            }
+        }
+        out
+    }
+}
+
+/// A change refused because `list` has no room for it, with the numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the {} list is full: {}/{} IPv4 and {}/{} IPv6 entries, {}+{} more requested",
+    list.name(), held.v4, capacity.v4, held.v6, capacity.v6, adding.v4, adding.v6
+)]
+pub struct ListFull {
+    pub list: List,
+    pub held: PerFamily,
+    pub adding: PerFamily,
+    pub capacity: PerFamily,
 }
 
 impl Default for Capacities {

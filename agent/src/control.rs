@@ -19,15 +19,13 @@ use axum::{
     routing::{get, post},
     serve::IncomingStream,
 };
-use rampart_common::abi::{action, counter_index, reason};
 use serde::Deserialize;
 use tokio::{net::UnixListener, task::JoinHandle};
 
+use rampart_common::decide::List;
+
 use crate::{
-    api::{
-        self, AddRequest, ApiError, BansDelRequest, Changed, DelRequest, StatRow, Status, TableFill,
-    },
-    persist::ListKind,
+    api::{self, AddRequest, ApiError, BansDelRequest, Changed, DelRequest, StatRow, Status},
     policy::Protocol,
     reload::reload,
     shared::{BULK_CHANGE, Shared, lock, release_freed_memory},
@@ -72,10 +70,10 @@ fn core_error(e: CoreError) -> Response {
     clippy::result_large_err,
     reason = "the error is the HTTP response to send, built once per request"
 )]
-fn list_kind(s: &str) -> Result<ListKind, Response> {
+fn list_kind(s: &str) -> Result<List, Response> {
     match s {
-        "block" => Ok(ListKind::Block),
-        "allow" => Ok(ListKind::Allow),
+        "block" => Ok(List::Block),
+        "allow" => Ok(List::Allow),
         other => Err(error(
             StatusCode::NOT_FOUND,
             format!("no list '{other}' (lists: block, allow)"),
@@ -97,10 +95,7 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
     clippy::result_large_err,
     reason = "the error is the HTTP response to send, built once per request"
 )]
-fn list_request<T>(
-    list: &str,
-    req: Result<Json<T>, JsonRejection>,
-) -> Result<(ListKind, T), Response> {
+fn list_request<T>(list: &str, req: Result<Json<T>, JsonRejection>) -> Result<(List, T), Response> {
     Ok((list_kind(list)?, body(req)?))
 }
 
@@ -223,29 +218,7 @@ async fn count_requests(State(shared): Shr, req: Request, next: Next) -> Respons
 
 async fn status(State(s): Shr) -> Response {
     let core = lock(&s.core);
-    let caps = core.dp.capacities();
-    let (a4, a6) = core.dp.list_len(rampart_common::decide::List::Allow);
-    let (b4, b6) = core.dp.list_len(rampart_common::decide::List::Block);
-    let bans = core.dp.bans().unwrap_or_default();
-    let b4n = bans.iter().filter(|(p, _)| p.is_ipv4()).count() as u64;
-    let fill = |t: &str, e: u64, c: u32| TableFill {
-        table: t.into(),
-        entries: e,
-        capacity: u64::from(c),
-    };
-    let tables = vec![
-        fill("allow_v4", a4, caps.allow_v4),
-        fill("allow_v6", a6, caps.allow_v6),
-        fill("block_v4", b4, caps.block_v4),
-        fill("block_v6", b6, caps.block_v6),
-        fill("bans_v4", b4n, caps.bans_v4),
-        fill("bans_v6", bans.len() as u64 - b4n, caps.bans_v6),
-        fill(
-            "policies",
-            u64::from(core.dp.config().policy_count),
-            rampart_common::abi::MAX_POLICIES,
-        ),
-    ];
+    let tables = core.table_fill();
     Json(Status {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_secs: core.started.elapsed().as_secs(),
@@ -253,7 +226,7 @@ async fn status(State(s): Shr) -> Response {
         dry_run: core.cfg.config.agent.dry_run,
         interfaces: lock(&s.ifaces).clone(),
         tables,
-        reload: core.reload.clone(),
+        reload: core.reload_status().clone(),
         state_error: lock(&s.state_error).clone(),
     })
     .into_response()
@@ -298,9 +271,8 @@ async fn list_add(
     let args = serde_json::json!({"list": list, "count": req.prefixes.len(),
         "prefixes": req.prefixes.iter().take(100).map(ToString::to_string).collect::<Vec<_>>(),
         "ttl_secs": req.ttl_secs, "reason": req.reason});
-    let shared = s.clone();
-    let resp = tokio::task::spawn_blocking(move || {
-        let changed = req.prefixes.len();
+    let changed = req.prefixes.len();
+    let r = blocking(&s, move |shared| {
         let r = lock(&shared.core).add(
             kind,
             &req.prefixes,
@@ -312,17 +284,31 @@ async fn list_add(
         if changed >= BULK_CHANGE {
             release_freed_memory();
         }
-        match r {
-            Ok(()) => {
-                shared.save_soon.notify_one();
-                Json(Changed { changed }).into_response()
-            }
-            Err(e) => core_error(e),
-        }
+        r
     })
-    .await
-    .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "the request failed"));
+    .await;
+    let resp = match r {
+        Ok(()) => {
+            s.save_soon.notify_one();
+            Json(Changed { changed }).into_response()
+        }
+        Err(resp) => resp,
+    };
     audited(&s, &peer, &format!("{list}.add"), args, resp)
+}
+
+/// Runs a change to the state on a blocking thread: kernel map writes must
+/// never stall the runtime's async workers, which also serve health checks
+/// and scrapes. A task that failed becomes an error response.
+async fn blocking<T: Send + 'static>(
+    s: &Arc<Shared>,
+    f: impl FnOnce(&Shared) -> Result<T, CoreError> + Send + 'static,
+) -> Result<T, Response> {
+    let shared = s.clone();
+    tokio::task::spawn_blocking(move || f(&shared))
+        .await
+        .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "the request failed"))?
+        .map_err(core_error)
 }
 
 async fn list_del(
@@ -336,13 +322,16 @@ async fn list_del(
         Err(r) => return r,
     };
     let args = serde_json::json!({"list": list, "prefixes": req.prefixes.iter().map(ToString::to_string).collect::<Vec<_>>()});
-    let r = lock(&s.core).remove(kind, &req.prefixes);
+    let r = blocking(&s, move |shared| {
+        lock(&shared.core).remove(kind, &req.prefixes)
+    })
+    .await;
     let resp = match r {
         Ok(n) => {
             s.save_soon.notify_one();
             Json(Changed { changed: n }).into_response()
         }
-        Err(e) => core_error(e),
+        Err(resp) => resp,
     };
     audited(&s, &peer, &format!("{list}.del"), args, resp)
 }
@@ -370,20 +359,21 @@ async fn bans_del(
         );
     }
     let args = serde_json::json!({"all": req.all, "prefixes": req.prefixes.iter().map(ToString::to_string).collect::<Vec<_>>()});
-    let r = {
-        let mut core = lock(&s.core);
+    let r = blocking(&s, move |shared| {
+        let mut core = lock(&shared.core);
         if req.all {
             core.unban_all()
         } else {
             core.unban(&req.prefixes)
         }
-    };
+    })
+    .await;
     let resp = match r {
         Ok(n) => {
             s.save_soon.notify_one();
             Json(Changed { changed: n }).into_response()
         }
-        Err(e) => core_error(e),
+        Err(resp) => resp,
     };
     audited(&s, &peer, "bans.del", args, resp)
 }
@@ -391,31 +381,14 @@ async fn bans_del(
 async fn stats(State(s): Shr) -> Response {
     let slots = lock(&s.slots).clone();
     let core = lock(&s.core);
-    let counters = match core.dp.counters() {
-        Ok(c) => c,
+    let rows: Vec<StatRow> = match core.counter_rows(&slots) {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.packets > 0)
+            .collect(),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let mut rows = Vec::new();
-    for (slot, name) in slots
-        .iter()
-        .cloned()
-        .chain(std::iter::once((0, "other".to_string())))
-    {
-        for a in 0..action::COUNT as u8 {
-            for r in 0..reason::COUNT as u8 {
-                let c = counters[counter_index(slot, a, r) as usize];
-                if c.packets > 0 {
-                    rows.push(StatRow {
-                        interface: name.clone(),
-                        action: action::NAMES[a as usize].into(),
-                        reason: reason::NAMES[r as usize].into(),
-                        packets: c.packets,
-                        bytes: c.bytes,
-                    });
-                }
-            }
-        }
-    }
     Json(rows).into_response()
 }
 

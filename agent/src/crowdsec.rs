@@ -8,12 +8,13 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 
+use rampart_common::decide::List;
+
 pub use crate::config::CrowdsecSection;
 pub use crate::{api::CrowdsecStatus, shared::Bouncer};
 use crate::{
     clock,
     feed::{error_chain, read_capped},
-    persist::ListKind,
     prefix::Prefix,
     shared::{Shared, lock},
     state::CROWDSEC_ORIGIN,
@@ -110,8 +111,8 @@ pub async fn run(shared: Arc<Shared>) {
                 let s = shared.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     let mut core = lock(&s.core);
-                    let ours = core.runtime_of(ListKind::Block, CROWDSEC_ORIGIN);
-                    let _ = core.remove_from(ListKind::Block, &ours, CROWDSEC_ORIGIN);
+                    let ours = core.runtime_of(List::Block, CROWDSEC_ORIGIN);
+                    let _ = core.remove_from(List::Block, &ours, CROWDSEC_ORIGIN);
                 })
                 .await;
                 *lock(&shared.crowdsec.status) = None;
@@ -125,7 +126,7 @@ pub async fn run(shared: Arc<Shared>) {
         let result = poll(&shared, &cfg, startup).await;
         {
             let active = lock(&shared.core)
-                .runtime_of(ListKind::Block, CROWDSEC_ORIGIN)
+                .runtime_of(List::Block, CROWDSEC_ORIGIN)
                 .len() as u64;
             let mut guard = lock(&shared.crowdsec.status);
             let st = guard.get_or_insert_with(CrowdsecStatus::default);
@@ -251,21 +252,21 @@ fn apply(
     }
     // Deletions first: a value deleted and re-added in one poll stays.
     let mut removed = core
-        .remove_from(ListKind::Block, &deleted, CROWDSEC_ORIGIN)
+        .remove_from(List::Block, &deleted, CROWDSEC_ORIGIN)
         .map_err(|e| e.to_string())?;
     if startup {
         let stale: Vec<Prefix> = core
-            .runtime_of(ListKind::Block, CROWDSEC_ORIGIN)
+            .runtime_of(List::Block, CROWDSEC_ORIGIN)
             .into_iter()
             .filter(|p| !seen.contains(p))
             .collect();
         removed += core
-            .remove_from(ListKind::Block, &stale, CROWDSEC_ORIGIN)
+            .remove_from(List::Block, &stale, CROWDSEC_ORIGIN)
             .map_err(|e| e.to_string())?;
     }
     let added = items.len() as u64;
     if !items.is_empty() {
-        core.add_each(ListKind::Block, items, CROWDSEC_ORIGIN)
+        core.add_each(List::Block, items, CROWDSEC_ORIGIN)
             .map_err(|e| e.to_string())?;
     }
     drop(core);

@@ -144,9 +144,7 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
             );
         }
     }
-    core.reload.last_result = "ok".into();
-    core.reload.last_success = clock::unix_now();
-    core.reload.last_attempt = clock::unix_now();
+    core.record_start_config();
     tracing::info!(
         config = %opts.config.display(),
         pins = %pin_dir.display(),
@@ -341,11 +339,7 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         // Slow counts for metrics, refreshed here rather than per scrape.
         if n % 10 == 1 {
-            let mut core = lock(&shared.core);
-            if let Ok(used) = core.dp.rate_table_occupancy() {
-                core.rate_slots_used = used;
-            }
-            core.count_entries();
+            lock(&shared.core).refresh_slow_counts();
         }
     }
 }

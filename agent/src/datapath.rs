@@ -56,12 +56,7 @@ impl LenCounts {
     }
 
     fn publish(map: &BTreeMap<u8, u64>) -> PrefixLens {
-        let mut out = PrefixLens::default();
-        for (i, len) in map.keys().rev().take(MAX_PREFIX_LENS).enumerate() {
-            out.lens[i] = *len;
-            out.count = i as u32 + 1;
-        }
-        out
+        lens_of(map.keys().copied().collect())
     }
 }
 
@@ -929,6 +924,8 @@ impl Tables for ReadOnlyView<'_> {
     fn ban_started(&self, _ban: &BanStarted) {}
 }
 
+/// The prefix lengths the kernel probes, longest first (the longest match
+/// wins), for lists and bans alike.
 fn lens_of(mut v: Vec<u8>) -> PrefixLens {
     v.sort_unstable_by(|a, b| b.cmp(a));
     v.dedup();

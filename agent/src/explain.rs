@@ -5,13 +5,12 @@ use std::net::IpAddr;
 
 use rampart_common::{
     abi::{action, reason},
+    decide::List,
     decide::decide,
     parse::parse,
 };
 
-use crate::{
-    api::Explain, clock, datapath::ReadOnlyView, persist::ListKind, policy::Protocol, state::Core,
-};
+use crate::{api::Explain, clock, datapath::ReadOnlyView, policy::Protocol, state::Core};
 
 /// A minimal frame: Ethernet, IPv4 or IPv6, and the transport header.
 pub fn frame(src: IpAddr, proto: Protocol, port: u16) -> Vec<u8> {
@@ -68,7 +67,7 @@ pub fn explain(core: &Core, ip: IpAddr, proto: Protocol, port: u16) -> Explain {
     let listed = |kind| core.rows(kind, Some(ip));
     match v.reason {
         reason::ALLOWLIST => {
-            for r in listed(ListKind::Allow) {
+            for r in listed(List::Allow) {
                 because.push(format!(
                     "allowlisted by {} ({})",
                     r.prefix,
@@ -77,7 +76,7 @@ pub fn explain(core: &Core, ip: IpAddr, proto: Protocol, port: u16) -> Explain {
             }
         }
         reason::BLOCKLIST => {
-            for r in listed(ListKind::Block) {
+            for r in listed(List::Block) {
                 let exp = r.expires.map_or("never expires".to_string(), |e| {
                     format!(
                         "expires in {}",

@@ -5,6 +5,8 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use rampart_common::decide::List;
+
 use crate::prefix::Prefix;
 
 /// Feeds are tracked by a bit each in the list registry.
@@ -32,15 +34,6 @@ impl FeedFormat {
     }
 }
 
-/// What a feed's entries do.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FeedAction {
-    #[default]
-    Block,
-    Allow,
-}
-
 /// One `[[feed]]` of the config file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,8 +43,9 @@ pub struct FeedSpec {
     pub source: String,
     #[serde(default)]
     pub format: FeedFormat,
-    #[serde(default)]
-    pub action: FeedAction,
+    /// Which list the feed's entries go on (a blocklist unless it says).
+    #[serde(default = "default_action")]
+    pub action: List,
     #[serde(default = "default_refresh", with = "humantime_serde")]
     pub refresh: Duration,
     /// A larger feed is refused (the last good version stays).
@@ -62,6 +56,10 @@ pub struct FeedSpec {
     /// Skip lines that are not addresses instead of refusing the version.
     #[serde(default)]
     pub skip_invalid: bool,
+}
+
+fn default_action() -> List {
+    List::Block
 }
 
 fn default_refresh() -> Duration {
@@ -324,7 +322,7 @@ mod tests {
             name: name.into(),
             source: source.into(),
             format: FeedFormat::Plain,
-            action: FeedAction::Block,
+            action: List::Block,
             refresh: default_refresh(),
             max_bytes: default_max_bytes(),
             timeout: default_timeout(),

@@ -9,29 +9,16 @@ use std::{
     time::Duration,
 };
 
+use rampart_common::decide::List;
+
 pub use crate::{api::FeedStatus, shared::Feeds};
 use crate::{
     clock,
-    feed::{self, FeedAction, FeedSpec},
-    persist::ListKind,
+    feed::{self, FeedSpec},
     prefix::Prefix,
     shared::{BULK_CHANGE, Shared, lock, release_freed_memory},
     state::{Core, FeedApplied},
 };
-
-fn kind_of(a: FeedAction) -> ListKind {
-    match a {
-        FeedAction::Block => ListKind::Block,
-        FeedAction::Allow => ListKind::Allow,
-    }
-}
-
-fn action_name(a: FeedAction) -> &'static str {
-    match a {
-        FeedAction::Block => "block",
-        FeedAction::Allow => "allow",
-    }
-}
 
 impl Feeds {
     pub fn new(state_dir: &Path) -> Self {
@@ -59,12 +46,12 @@ impl Feeds {
     /// each feed's cached last good version, so a restart keeps the feed in
     /// force while its source is fetched again.
     pub fn restore_cached(&self, core: &mut Core, specs: &[FeedSpec]) {
-        let mut adopted: BTreeMap<ListKind, HashSet<Prefix>> = BTreeMap::new();
+        let mut adopted: BTreeMap<List, HashSet<Prefix>> = BTreeMap::new();
         for spec in specs {
             let Ok(text) = std::fs::read_to_string(self.cache_path(&spec.name)) else {
                 continue;
             };
-            let kind = kind_of(spec.action);
+            let kind = spec.action;
             let parsed = match feed::parse(spec.format, &text, spec.skip_invalid) {
                 Ok(p) => p,
                 Err(e) => {
@@ -75,7 +62,7 @@ impl Feeds {
             if let std::collections::btree_map::Entry::Vacant(v) = adopted.entry(kind) {
                 let keys = core
                     .dp
-                    .list_entries(crate::state::list_of(kind))
+                    .list_entries(kind)
                     .map(|v| v.into_iter().map(|(p, _)| p).collect())
                     .unwrap_or_default();
                 v.insert(keys);
@@ -125,7 +112,7 @@ impl FeedStatus {
 fn describe(st: &mut FeedStatus, spec: &FeedSpec) {
     st.name.clone_from(&spec.name);
     st.source.clone_from(&spec.source);
-    st.action = action_name(spec.action).into();
+    st.action = spec.action.name().into();
 }
 
 fn record_applied(st: &mut FeedStatus, a: &FeedApplied, invalid: u64) {
@@ -177,13 +164,13 @@ async fn fetch_and_apply(
     let spec2 = spec.clone();
     tokio::task::spawn_blocking(move || {
         let parsed = feed::parse(spec2.format, &text, spec2.skip_invalid)?;
-        let kind = kind_of(spec2.action);
+        let kind = spec2.action;
         let applied = {
             let mut core = lock(&shared2.core);
             // A feed that changed action leaves its old list first.
             let other = match kind {
-                ListKind::Block => ListKind::Allow,
-                ListKind::Allow => ListKind::Block,
+                List::Block => List::Allow,
+                List::Allow => List::Block,
             };
             core.replace_feed(&spec2.name, other, &[], None)
                 .map_err(|e| e.to_string())?;

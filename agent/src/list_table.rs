@@ -399,7 +399,7 @@ where
                     is_new.push(false);
                 }
                 None => {
-                    if self.len + added >= self.capacity {
+                    if !crate::config::fits(self.len + added, 1, self.capacity) {
                         self.undo(&fresh, &new_spills);
                         return Err(DatapathError::Invalid(format!(
                             "{} is full: it holds at most {} entries (raise its capacity in the \

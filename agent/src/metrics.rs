@@ -5,9 +5,9 @@
 use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use rampart_common::abi::{self, action, counter_index, reason, stat};
+use rampart_common::abi::stat;
 
-use crate::{persist::ListKind, state::Core};
+use crate::state::Core;
 
 pub struct Metrics {
     registry: Registry,
@@ -351,26 +351,17 @@ impl Metrics {
     }
 
     fn refresh(&self, core: &Core, slots: &[(u32, String)], ifaces: &[crate::api::IfaceStatus]) {
-        if let Ok(c) = core.dp.counters() {
-            for (slot, name) in slots
-                .iter()
-                .chain(std::iter::once(&(0, "other".to_string())))
-            {
-                for a in 0..action::COUNT as u8 {
-                    for r in 0..reason::COUNT as u8 {
-                        let v = c[counter_index(*slot, a, r) as usize];
-                        if v.packets == 0 && *slot == 0 {
-                            continue;
-                        }
-                        let labels = [
-                            name.as_str(),
-                            action::NAMES[a as usize],
-                            reason::NAMES[r as usize],
-                        ];
-                        mirror(&self.packets.with_label_values(&labels), v.packets);
-                        mirror(&self.bytes.with_label_values(&labels), v.bytes);
-                    }
-                }
+        if let Ok(rows) = core.counter_rows(slots) {
+            // The shared slot's zero rows are left out: no series for an
+            // interface that never saw a packet of that kind.
+            for (_, row) in rows.iter().filter(|(slot, r)| *slot != 0 || r.packets != 0) {
+                let labels = [
+                    row.interface.as_str(),
+                    row.action.as_str(),
+                    row.reason.as_str(),
+                ];
+                mirror(&self.packets.with_label_values(&labels), row.packets);
+                mirror(&self.bytes.with_label_values(&labels), row.bytes);
             }
         }
         if let Ok(s) = core.dp.stats() {
@@ -385,70 +376,22 @@ impl Metrics {
         mirror(&self.refused, core.refused_total);
         self.list_entries.reset();
         for ((kind, fam, origin), n) in core.entry_counts().clone() {
-            let list = if kind == ListKind::Allow {
-                "allow"
-            } else {
-                "block"
-            };
             self.list_entries
-                .with_label_values(&[list, fam, &origin])
+                .with_label_values(&[kind.name(), fam, origin.label()])
                 .set(n as i64);
         }
-        let caps = core.dp.capacities();
-        let (a4, a6) = core.dp.list_len(rampart_common::decide::List::Allow);
-        let (b4, b6) = core.dp.list_len(rampart_common::decide::List::Block);
-        let bans = core.dp.bans().unwrap_or_default();
         let now = crate::clock::mono_ns();
-        let ban4 = bans.iter().filter(|(p, _)| p.is_ipv4()).count() as u64;
+        let bans = core.dp.bans().unwrap_or_default();
         self.bans_active
             .set(bans.iter().filter(|(_, b)| b.expires_ns > now).count() as i64);
-        for (map, entries, cap) in [
-            (abi::map_name::ALLOW_V4, a4, caps.allow_v4),
-            (abi::map_name::ALLOW_V6, a6, caps.allow_v6),
-            (abi::map_name::BLOCK_V4, b4, caps.block_v4),
-            (abi::map_name::BLOCK_V6, b6, caps.block_v6),
-            (abi::map_name::BANS_V4, ban4, caps.bans_v4),
-            (
-                abi::map_name::BANS_V6,
-                bans.len() as u64 - ban4,
-                caps.bans_v6,
-            ),
-            (
-                abi::map_name::POLICIES,
-                u64::from(core.dp.config().policy_count),
-                abi::MAX_POLICIES,
-            ),
-        ] {
+        for t in core.table_fill() {
             self.map_entries
-                .with_label_values(&[map])
-                .set(entries as i64);
+                .with_label_values(&[&t.table])
+                .set(t.entries as i64);
             self.map_capacity
-                .with_label_values(&[map])
-                .set(i64::from(cap));
+                .with_label_values(&[&t.table])
+                .set(t.capacity as i64);
         }
-        // Keys whose two buckets were both full: a few per million entries
-        // is expected; many mean a table that is too small for its list.
-        let (sa4, sa6) = core.dp.list_spilled(rampart_common::decide::List::Allow);
-        let (sb4, sb6) = core.dp.list_spilled(rampart_common::decide::List::Block);
-        for (map, entries, cap) in [
-            (abi::map_name::ALLOW_V4_SPILL, sa4, caps.allow_v4),
-            (abi::map_name::ALLOW_V6_SPILL, sa6, caps.allow_v6),
-            (abi::map_name::BLOCK_V4_SPILL, sb4, caps.block_v4),
-            (abi::map_name::BLOCK_V6_SPILL, sb6, caps.block_v6),
-        ] {
-            self.map_entries
-                .with_label_values(&[map])
-                .set(entries as i64);
-            self.map_capacity
-                .with_label_values(&[map])
-                .set(i64::from(cap.max(1)));
-        }
-        self.map_entries
-            .with_label_values(&[abi::map_name::RATE_SETS])
-            .set(core.rate_slots_used as i64);
-        self.map_capacity
-            .with_label_values(&[abi::map_name::RATE_SETS])
-            .set(i64::from(caps.rate_sets) * abi::RATE_WAYS as i64);
         self.dry_run.set(i64::from(core.cfg.config.agent.dry_run));
         self.attached.reset();
         for i in ifaces {

@@ -8,6 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use rampart_common::decide::List;
 use serde::{Deserialize, Serialize};
 
 use crate::prefix::Prefix;
@@ -22,17 +23,9 @@ pub struct State {
     pub bans: Vec<SavedBan>,
 }
 
-/// Which list an entry is on.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum ListKind {
-    Allow,
-    Block,
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SavedEntry {
-    pub list: ListKind,
+    pub list: List,
     pub prefix: Prefix,
     /// "cli" or "feed:NAME".
     pub origin: String,
@@ -146,7 +139,7 @@ mod tests {
         let s = State {
             version: STATE_VERSION,
             entries: vec![SavedEntry {
-                list: ListKind::Block,
+                list: List::Block,
                 prefix: "192.0.2.0/24".parse().unwrap(),
                 origin: "cli".into(),
                 expires: Some(4_000_000_000),

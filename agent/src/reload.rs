@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     api::IfaceStatus,
-    attach, clock, config, host,
+    attach, config, host,
     shared::{Shared, lock},
     state::{Core, CoreError},
 };
@@ -62,11 +62,10 @@ pub fn sync_interfaces(shared: &Shared) {
                     .and_then(|prog| attach::attach(prog, &shared.pin_dir, name, mode));
                 match res {
                     Ok(s) => {
-                        if ifindex < rampart_common::abi::MAX_IFINDEX
-                            && slot < rampart_common::abi::MAX_IFACE_SLOTS
-                        {
-                            let _ = core.dp.set_iface_slot(ifindex, slot);
-                        } else {
+                        let counted = core.assign_iface_slot(ifindex, slot);
+                        if let Err(e) = &counted {
+                            tracing::warn!(interface = %name, ifindex, "could not give the interface its counter slot: {e}");
+                        } else if counted.is_ok_and(|c| !c) {
                             tracing::warn!(interface = %name, ifindex, "no counter slot for this interface: its packets are counted as interface \"other\"");
                         }
                         tracing::info!(interface = %name, mode = %s.mode, ifindex, "attached");
@@ -109,24 +108,7 @@ pub fn reload(shared: &Shared, trigger: &str) -> Result<(), Vec<String>> {
             *lock(&shared.config_hash) = hash;
             Ok(())
         });
-    {
-        let mut core = lock(&shared.core);
-        let now = clock::unix_now();
-        core.reload.last_attempt = now;
-        match &result {
-            Ok(()) => {
-                core.reload.last_result = "ok".into();
-                core.reload.last_success = now;
-                core.reload.errors.clear();
-                core.reload.ok_total += 1;
-            }
-            Err(errs) => {
-                core.reload.last_result = "failed".into();
-                core.reload.errors = errs.clone();
-                core.reload.failed_total += 1;
-            }
-        }
-    }
+    lock(&shared.core).record_reload(&result);
     match &result {
         Ok(()) => {
             shared.metrics.record_reload(true);

@@ -17,26 +17,47 @@ use serde::Serialize;
 pub use crate::api::{BanRow, EntryRow, ReloadStatus};
 use crate::{
     clock,
-    config::{Malformed, Validated},
+    config::{Malformed, PerFamily, Validated},
     datapath::{Datapath, DatapathError},
     host,
-    persist::{ListKind, SavedBan, State},
+    persist::{SavedBan, State},
     prefix::Prefix,
 };
 
-/// Origin ids stored in kernel entries (for `explain` and counters).
-pub mod origin_id {
-    pub const CONFIG: u32 = 1;
-    pub const CLI: u32 = 2;
-    pub const FEED: u32 = 3;
-    pub const PROTECTED: u32 = 4;
-    pub const CROWDSEC: u32 = 5;
+/// Where a list entry comes from, as the kernel entry records it (for
+/// `explain` and the drop counters) and the `origin` metrics label shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Origin {
+    Config = 1,
+    Cli = 2,
+    Feed = 3,
+    Protected = 4,
+    Crowdsec = 5,
+}
+
+impl Origin {
+    /// The id stored in `ListEntry::origin`.
+    pub const fn id(self) -> u32 {
+        self as u32
+    }
+
+    /// The `origin` label of the list metrics.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Cli => "cli",
+            Self::Feed => "feed",
+            Self::Protected => "protected",
+            Self::Crowdsec => CROWDSEC_ORIGIN,
+        }
+    }
 }
 
 /// The runtime origin of entries that follow CrowdSec decisions.
 pub const CROWDSEC_ORIGIN: &str = "crowdsec";
 
 mod feed_swap;
+mod readings;
 pub use feed_swap::FeedApplied;
 
 /// A runtime (CLI or feed) entry. Origin and reason are shared by all the
@@ -71,30 +92,18 @@ struct Sources {
     feeds: u64,
 }
 
-/// The kernel entry a key's sources call for; None when it has none. The
-/// strongest source names the origin: protected, config, feed, runtime.
-fn entry_for(kind: ListKind, s: &Sources, blocklist_dry_run: bool) -> Option<ListEntry> {
-    if s.is_empty() {
-        return None;
-    }
-    let (expires_ns, origin) = match &s.runtime {
-        _ if s.protected => (0, origin_id::PROTECTED),
-        _ if s.config => (0, origin_id::CONFIG),
-        _ if s.feeds != 0 => (0, origin_id::FEED),
-        Some(r) => (
-            r.deadline_ns.unwrap_or(0),
-            if &*r.origin == CROWDSEC_ORIGIN {
-                origin_id::CROWDSEC
-            } else {
-                origin_id::CLI
-            },
-        ),
-        None => (0, origin_id::CONFIG),
+/// The kernel entry a key's sources call for; None when it has none.
+fn entry_for(kind: List, s: &Sources, blocklist_dry_run: bool) -> Option<ListEntry> {
+    let origin = s.origin()?;
+    // Only an entry held by its runtime source alone expires.
+    let expires_ns = match &s.runtime {
+        Some(r) if !s.permanent() => r.deadline_ns.unwrap_or(0),
+        _ => 0,
     };
-    let dry = kind == ListKind::Block && blocklist_dry_run;
+    let dry = kind == List::Block && blocklist_dry_run;
     Some(ListEntry {
         expires_ns,
-        origin,
+        origin: origin.id(),
         flags: if dry { entry_flag::DRY_RUN } else { 0 },
     })
 }
@@ -107,6 +116,25 @@ impl Sources {
     /// Held by something that does not expire.
     fn permanent(&self) -> bool {
         self.config || self.protected || self.feeds != 0
+    }
+
+    /// The strongest source, which names the entry's origin everywhere:
+    /// protected, then config, then a feed, then the runtime entry.
+    fn origin(&self) -> Option<Origin> {
+        if self.protected {
+            Some(Origin::Protected)
+        } else if self.config {
+            Some(Origin::Config)
+        } else if self.feeds != 0 {
+            Some(Origin::Feed)
+        } else {
+            let r = self.runtime.as_ref()?;
+            Some(if &*r.origin == CROWDSEC_ORIGIN {
+                Origin::Crowdsec
+            } else {
+                Origin::Cli
+            })
+        }
     }
 }
 
@@ -121,7 +149,7 @@ pub enum CoreError {
 /// A borrowed `SavedEntry`.
 #[derive(Serialize)]
 struct SavedEntryRef<'a> {
-    list: ListKind,
+    list: List,
     prefix: Prefix,
     origin: &'a str,
     expires: Option<u64>,
@@ -132,31 +160,68 @@ struct SavedEntryRef<'a> {
 pub struct Core {
     pub dp: Datapath,
     pub cfg: Validated,
-    entries: BTreeMap<(ListKind, Prefix), Sources>,
+    entries: BTreeMap<(List, Prefix), Sources>,
     protected: Vec<Prefix>,
-    pub reload: ReloadStatus,
+    reload: ReloadStatus,
     pub started: Instant,
     /// Set when runtime state changed and the state file is behind.
     pub dirty: bool,
     pub refused_total: u64,
     pub policy_names: Vec<String>,
     /// Rate-table slots in use, as last counted by housekeeping.
-    pub rate_slots_used: u64,
+    rate_slots_used: u64,
     /// Feed name to its bit in `Sources::feeds`.
     feed_slots: BTreeMap<String, u32>,
     /// Runtime entries with a deadline, soonest first.
-    expiring: BTreeSet<(u64, ListKind, Prefix)>,
-    entry_counts: BTreeMap<(ListKind, &'static str, String), u64>,
-}
-
-pub fn list_of(kind: ListKind) -> List {
-    match kind {
-        ListKind::Allow => List::Allow,
-        ListKind::Block => List::Block,
-    }
+    expiring: BTreeSet<(u64, List, Prefix)>,
+    entry_counts: BTreeMap<(List, &'static str, Origin), u64>,
 }
 
 impl Core {
+    /// The config file's last load or reload, for status and metrics.
+    pub fn reload_status(&self) -> &ReloadStatus {
+        &self.reload
+    }
+
+    /// Records the config the agent started with as its last good load.
+    pub fn record_start_config(&mut self) {
+        let now = clock::unix_now();
+        self.reload.last_result = "ok".into();
+        self.reload.last_success = now;
+        self.reload.last_attempt = now;
+    }
+
+    /// Records a reload's outcome: the errors of a refused one, or success.
+    pub fn record_reload(&mut self, result: &Result<(), Vec<String>>) {
+        let now = clock::unix_now();
+        self.reload.last_attempt = now;
+        match result {
+            Ok(()) => {
+                self.reload.last_result = "ok".into();
+                self.reload.last_success = now;
+                self.reload.errors.clear();
+                self.reload.ok_total += 1;
+            }
+            Err(errs) => {
+                self.reload.last_result = "failed".into();
+                self.reload.errors.clone_from(errs);
+                self.reload.failed_total += 1;
+            }
+        }
+    }
+
+    /// Gives an attached interface its own counter slot. False when the
+    /// kernel's tables have none for it: its packets count as "other".
+    pub fn assign_iface_slot(&mut self, ifindex: u32, slot: u32) -> Result<bool, CoreError> {
+        if ifindex >= rampart_common::abi::MAX_IFINDEX
+            || slot >= rampart_common::abi::MAX_IFACE_SLOTS
+        {
+            return Ok(false);
+        }
+        self.dp.set_iface_slot(ifindex, slot)?;
+        Ok(true)
+    }
+
     /// Takes over a loaded data plane: rebuilds the registry from config and
     /// state, then applies the config.
     pub fn new(dp: Datapath, cfg: Validated) -> Result<Self, CoreError> {
@@ -244,15 +309,15 @@ impl Core {
         self.cfg = new;
 
         // Additions before removals: no moment with a list missing entries.
-        let mut want: HashMap<(ListKind, Prefix), (bool, bool)> = HashMap::new();
+        let mut want: HashMap<(List, Prefix), (bool, bool)> = HashMap::new();
         for p in &self.cfg.allowlist {
-            want.entry((ListKind::Allow, *p)).or_default().0 = true;
+            want.entry((List::Allow, *p)).or_default().0 = true;
         }
         for p in &protected {
-            want.entry((ListKind::Allow, *p)).or_default().1 = true;
+            want.entry((List::Allow, *p)).or_default().1 = true;
         }
         for p in &self.cfg.blocklist {
-            want.entry((ListKind::Block, *p)).or_default().0 = true;
+            want.entry((List::Block, *p)).or_default().0 = true;
         }
         for (key, (config, prot)) in &want {
             let s = self.entries.entry(*key).or_default();
@@ -262,7 +327,7 @@ impl Core {
         let dry_changed = old_dry != self.cfg.config.blocklist.dry_run;
         let keys: Vec<_> = self.entries.keys().copied().collect();
         for key in &keys {
-            if want.contains_key(key) || (dry_changed && key.0 == ListKind::Block) {
+            if want.contains_key(key) || (dry_changed && key.0 == List::Block) {
                 self.sync(*key)?;
             }
         }
@@ -300,7 +365,7 @@ impl Core {
     /// for (one registry lookup: imports do this a million times).
     fn set_runtime(
         &mut self,
-        key: (ListKind, Prefix),
+        key: (List, Prefix),
         runtime: Option<RuntimeEntry>,
     ) -> (bool, Option<ListEntry>) {
         let slot = self.entries.entry(key);
@@ -318,17 +383,17 @@ impl Core {
     }
 
     /// The kernel entry `key`'s sources call for; None when it has none.
-    fn kernel_entry(&self, key: &(ListKind, Prefix)) -> Option<ListEntry> {
+    fn kernel_entry(&self, key: &(List, Prefix)) -> Option<ListEntry> {
         let s = self.entries.get(key)?;
         entry_for(key.0, s, self.cfg.config.blocklist.dry_run)
     }
 
     /// Makes the kernel entry for `key` match its sources.
-    fn sync(&mut self, key: (ListKind, Prefix)) -> Result<(), CoreError> {
+    fn sync(&mut self, key: (List, Prefix)) -> Result<(), CoreError> {
         match self.kernel_entry(&key) {
-            Some(entry) => self.dp.list_insert(list_of(key.0), &key.1, entry)?,
+            Some(entry) => self.dp.list_insert(key.0, &key.1, entry)?,
             None => {
-                self.dp.list_remove(list_of(key.0), &key.1)?;
+                self.dp.list_remove(key.0, &key.1)?;
                 self.entries.remove(&key);
             }
         }
@@ -338,7 +403,7 @@ impl Core {
     /// Adds runtime entries. All are checked first; one refusal changes nothing.
     pub fn add(
         &mut self,
-        kind: ListKind,
+        kind: List,
         prefixes: &[Prefix],
         ttl: Option<Duration>,
         reason: Option<String>,
@@ -357,13 +422,13 @@ impl Core {
     /// reason. All are checked first; one refusal changes nothing.
     pub fn add_each(
         &mut self,
-        kind: ListKind,
+        kind: List,
         mut items: Vec<NewEntry>,
         origin: &str,
     ) -> Result<(), CoreError> {
         let prefixes: Vec<Prefix> = items.iter().map(|(p, _, _)| *p).collect();
         let prefixes = &prefixes[..];
-        if kind == ListKind::Block {
+        if kind == List::Block {
             let hits: Vec<String> = prefixes
                 .iter()
                 .filter_map(|p| {
@@ -379,27 +444,17 @@ impl Core {
                 )));
             }
         }
-        let (cap4, cap6, (n4, n6)) = match kind {
-            ListKind::Allow => {
-                let c = self.dp.capacities();
-                (c.allow_v4, c.allow_v6, self.dp.list_len(List::Allow))
-            }
-            ListKind::Block => {
-                let c = self.dp.capacities();
-                (c.block_v4, c.block_v6, self.dp.list_len(List::Block))
-            }
-        };
-        let new: Vec<&Prefix> = prefixes
+        let new = prefixes
             .iter()
-            .filter(|p| !self.entries.contains_key(&(kind, **p)))
-            .collect();
-        let add4 = new.iter().filter(|p| p.is_ipv4()).count() as u64;
-        let add6 = new.len() as u64 - add4;
-        if n4 + add4 > u64::from(cap4) || n6 + add6 > u64::from(cap6) {
-            return Err(CoreError::Refused(format!(
-                "the {kind:?} list is full: {n4}/{cap4} IPv4 and {n6}/{cap6} IPv6 entries, {add4}+{add6} more requested; nothing was added (raise [capacity] and restart, or remove entries)"
-            )));
-        }
+            .filter(|p| !self.entries.contains_key(&(kind, **p)));
+        self.dp
+            .capacities()
+            .check_room(kind, self.dp.list_len(kind).into(), PerFamily::count(new))
+            .map_err(|full| {
+                CoreError::Refused(format!(
+                    "{full}; nothing was added (raise [capacity] and restart, or remove entries)"
+                ))
+            })?;
         let now = clock::unix_now();
         let origin: Arc<str> = Arc::from(origin);
         // In key order: the registry's inserts then walk the tree in step
@@ -423,14 +478,14 @@ impl Core {
             }
         }
         // One batch: a million entries in a few syscalls.
-        self.dp.list_insert_many(list_of(kind), &batch)?;
+        self.dp.list_insert_many(kind, &batch)?;
         self.dirty = true;
         Ok(())
     }
 
     /// Removes runtime entries. Entries that only the config holds are
     /// refused: the next reload would bring them back.
-    pub fn remove(&mut self, kind: ListKind, prefixes: &[Prefix]) -> Result<usize, CoreError> {
+    pub fn remove(&mut self, kind: List, prefixes: &[Prefix]) -> Result<usize, CoreError> {
         let mut problems = Vec::new();
         for p in prefixes {
             match self.entries.get(&(kind, *p)) {
@@ -467,7 +522,7 @@ impl Core {
     /// others are left alone. Returns how many were removed.
     pub fn remove_from(
         &mut self,
-        kind: ListKind,
+        kind: List,
         prefixes: &[Prefix],
         origin: &str,
     ) -> Result<usize, CoreError> {
@@ -490,7 +545,7 @@ impl Core {
     }
 
     /// Runtime entries added by `origin`.
-    pub fn runtime_of(&self, kind: ListKind, origin: &str) -> Vec<Prefix> {
+    pub fn runtime_of(&self, kind: List, origin: &str) -> Vec<Prefix> {
         self.entries
             .iter()
             .filter(|((k, _), s)| {
@@ -508,7 +563,7 @@ impl Core {
             .collect()
     }
 
-    pub fn rows(&self, kind: ListKind, matching: Option<std::net::IpAddr>) -> Vec<EntryRow> {
+    pub fn rows(&self, kind: List, matching: Option<std::net::IpAddr>) -> Vec<EntryRow> {
         self.entries
             .iter()
             .filter(|((k, p), _)| *k == kind && matching.is_none_or(|ip| p.contains(ip)))
@@ -585,7 +640,7 @@ impl Core {
         // The expiry index, not the registry: a second's sweep of a million
         // entries costs what expires, not what is listed.
         let now = clock::mono_ns();
-        let expired: Vec<(ListKind, Prefix)> = self
+        let expired: Vec<(List, Prefix)> = self
             .expiring
             .iter()
             .take_while(|(d, _, _)| *d <= now)
@@ -620,11 +675,11 @@ impl Core {
     /// piece, so saving a million entries never stalls the control plane.
     pub fn write_runtime(
         &self,
-        after: Option<(ListKind, Prefix)>,
+        after: Option<(List, Prefix)>,
         max: usize,
         out: &mut Vec<u8>,
         first: &mut bool,
-    ) -> serde_json::Result<Option<(ListKind, Prefix)>> {
+    ) -> serde_json::Result<Option<(List, Prefix)>> {
         use std::ops::Bound::{Excluded, Unbounded};
         let range = match after {
             Some(k) => self.entries.range((Excluded(k), Unbounded)),
@@ -679,7 +734,7 @@ impl Core {
             if e.expires.is_some_and(|x| x <= now) {
                 continue;
             }
-            if e.list == ListKind::Block {
+            if e.list == List::Block {
                 if let Some(r) = self.protected_hit(&e.prefix) {
                     notes.push(format!(
                         "not restoring block of {} (protected range {r})",
@@ -720,12 +775,9 @@ impl Core {
     /// maps by an earlier run and absent from the state file).
     pub fn forget_unclaimed(&mut self) -> Result<usize, CoreError> {
         let mut n = 0;
-        for (kind, list) in [
-            (ListKind::Allow, List::Allow),
-            (ListKind::Block, List::Block),
-        ] {
+        for list in [List::Allow, List::Block] {
             for (p, _) in self.dp.list_entries(list)? {
-                if !self.entries.contains_key(&(kind, p)) {
+                if !self.entries.contains_key(&(list, p)) {
                     self.dp.list_remove(list, &p)?;
                     n += 1;
                 }
@@ -737,35 +789,31 @@ impl Core {
     /// Counts of list entries by list, family and origin, as of the last
     /// `count_entries` (housekeeping refreshes it every ten seconds, so a
     /// scrape never walks a million entries under the lock).
-    pub fn entry_counts(&self) -> &BTreeMap<(ListKind, &'static str, String), u64> {
+    pub fn entry_counts(&self) -> &BTreeMap<(List, &'static str, Origin), u64> {
         &self.entry_counts
     }
 
-    /// Recounts list entries by list, family and origin.
-    pub fn count_entries(&mut self) {
+    /// Recounts list entries by list, family and origin, and the sources
+    /// holding a rate-table slot: too slow for every scrape, so housekeeping
+    /// refreshes them.
+    pub fn refresh_slow_counts(&mut self) {
+        if let Ok(used) = self.dp.rate_table_occupancy() {
+            self.rate_slots_used = used;
+        }
+        self.count_entries();
+    }
+
+    fn count_entries(&mut self) {
         self.entry_counts = self.tally_entries();
     }
 
-    fn tally_entries(&self) -> BTreeMap<(ListKind, &'static str, String), u64> {
+    fn tally_entries(&self) -> BTreeMap<(List, &'static str, Origin), u64> {
         let mut out = BTreeMap::new();
         for ((kind, p), s) in &self.entries {
             let fam = if p.is_ipv4() { "ipv4" } else { "ipv6" };
-            let origin = if s.config {
-                "config".to_string()
-            } else if s.protected {
-                "protected".to_string()
-            } else if s.feeds != 0 {
-                "feed".to_string()
-            } else if let Some(r) = &s.runtime {
-                if &*r.origin == CROWDSEC_ORIGIN {
-                    CROWDSEC_ORIGIN.into()
-                } else {
-                    "cli".into()
-                }
-            } else {
-                "config".into()
-            };
-            *out.entry((*kind, fam, origin)).or_insert(0) += 1;
+            if let Some(origin) = s.origin() {
+                *out.entry((*kind, fam, origin)).or_insert(0) += 1;
+            }
         }
         out
     }

@@ -14,8 +14,10 @@ use std::collections::HashSet;
 use rampart_common::abi::entry_flag;
 use serde::{Deserialize, Serialize};
 
-use super::{Core, CoreError, entry_for, list_of};
-use crate::{feed::MAX_FEEDS, persist::ListKind, prefix::OverlapIndex, prefix::Prefix};
+use super::{Core, CoreError, entry_for};
+use rampart_common::decide::List;
+
+use crate::{config::PerFamily, feed::MAX_FEEDS, prefix::OverlapIndex, prefix::Prefix};
 
 /// What one feed version did to the lists.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -58,7 +60,7 @@ impl Core {
     pub fn replace_feed(
         &mut self,
         name: &str,
-        kind: ListKind,
+        kind: List,
         prefixes: &[Prefix],
         adopted: Option<&HashSet<Prefix>>,
     ) -> Result<FeedApplied, CoreError> {
@@ -69,12 +71,12 @@ impl Core {
         // Sorted vectors rather than hash sets: the difference is then one
         // merge, and the registry (a B-tree) is walked in order below.
         let mut wanted: Vec<Prefix> = Vec::with_capacity(prefixes.len());
-        if kind == ListKind::Block {
+        if kind == List::Block {
             let protected = OverlapIndex::new(&self.protected);
             let allowed = OverlapIndex::new(
                 self.entries
                     .keys()
-                    .filter(|(k, _)| *k == ListKind::Allow)
+                    .filter(|(k, _)| *k == List::Allow)
                     .map(|(_, p)| p),
             );
             for p in prefixes {
@@ -150,7 +152,7 @@ impl Core {
                 (None, None) => {}
             }
         }
-        let list = list_of(kind);
+        let list = kind;
         self.dp.list_insert_many(list, &staged)?;
 
         // The switch: one publish.
@@ -172,7 +174,7 @@ impl Core {
             return Ok(0);
         }
         let mut removed = 0;
-        for kind in [ListKind::Allow, ListKind::Block] {
+        for kind in [List::Allow, List::Block] {
             removed += self.replace_feed(name, kind, &[], None)?.removed;
         }
         self.feed_slots.remove(name);
@@ -180,29 +182,18 @@ impl Core {
     }
 
     /// Refuses a version whose new entries do not fit; the old one stays.
-    fn check_room(&self, kind: ListKind, arriving: &[Prefix], name: &str) -> Result<(), CoreError> {
-        let caps = self.dp.capacities();
-        let (cap4, cap6) = match kind {
-            ListKind::Allow => (caps.allow_v4, caps.allow_v6),
-            ListKind::Block => (caps.block_v4, caps.block_v6),
-        };
-        let (n4, n6) = self.dp.list_len(list_of(kind));
+    fn check_room(&self, kind: List, arriving: &[Prefix], name: &str) -> Result<(), CoreError> {
         let new = arriving
             .iter()
             .filter(|p| !self.entries.contains_key(&(kind, **p)));
-        let (mut a4, mut a6) = (0u64, 0u64);
-        for p in new {
-            if p.is_ipv4() {
-                a4 += 1;
-            } else {
-                a6 += 1;
-            }
-        }
-        if n4 + a4 > u64::from(cap4) || n6 + a6 > u64::from(cap6) {
-            return Err(CoreError::Refused(format!(
-                "feed {name} does not fit: the {kind:?} list holds {n4}/{cap4} IPv4 and {n6}/{cap6} IPv6 entries and the new version adds {a4}+{a6}; the last good version stays (raise [capacity] and restart)"
-            )));
-        }
+        self.dp
+            .capacities()
+            .check_room(kind, self.dp.list_len(kind).into(), PerFamily::count(new))
+            .map_err(|full| {
+                CoreError::Refused(format!(
+                    "feed {name} does not fit: {full}; the last good version stays (raise [capacity] and restart)"
+                ))
+            })?;
         Ok(())
     }
 }

@@ -14,8 +14,14 @@ use crate::{
     parse::{Packet, Parsed, Source, ipproto},
 };
 
-/// Which address list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which address list: the one spelling of allow/block, in the kernel's
+/// tables, the agent's state file, its feeds and its control API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum List {
     Allow,
     Block,
@@ -28,6 +34,22 @@ impl List {
         match self {
             Self::Allow => 0,
             Self::Block => 1,
+        }
+    }
+
+    /// The list's name in the config, the CLI and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Block => "block",
+        }
+    }
+
+    /// The list a source on this one takes precedence over, or yields to.
+    pub const fn other(self) -> Self {
+        match self {
+            Self::Allow => Self::Block,
+            Self::Block => Self::Allow,
         }
     }
 }
