@@ -31,8 +31,51 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
-    #[error("{0}")]
-    Invalid(String),
+    #[error("the XDP object has no {kind} {name}")]
+    MissingFromObject { kind: &'static str, name: String },
+    #[error("map {name} is not {expected}")]
+    WrongMapType {
+        name: &'static str,
+        expected: &'static str,
+    },
+    #[error("{what}: {source}")]
+    Os {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{table} is full: it holds at most {capacity} entries (raise its capacity in the \
+         [capacity] settings and restart with --replace-maps)"
+    )]
+    TableFull { table: &'static str, capacity: u64 },
+    #[error("{table}: {slots} slots is not a power-of-two number of {ways}-slot buckets")]
+    TableShape {
+        table: &'static str,
+        slots: u32,
+        ways: u32,
+    },
+    #[error(
+        "a list can hold at most {max} distinct prefix lengths per family, this change would \
+         make it {wanted}"
+    )]
+    TooManyPrefixLengths { max: usize, wanted: usize },
+    #[error("at most {max} rate-limit policies are supported, got {got}")]
+    TooManyPolicies { max: u32, got: usize },
+    #[error("a batch update thread panicked")]
+    BatchWorker,
+    #[error("prefix is neither IPv4 nor IPv6")]
+    NotAnAddressFamily,
+}
+
+impl DatapathError {
+    /// A failed system call, with what it was for.
+    pub(crate) fn os(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Os {
+            what: what.into(),
+            source,
+        }
+    }
 }
 
 pub(crate) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -113,13 +156,9 @@ pub(crate) fn batch_update<K: aya::Pod + Sync, V: aya::Pod + Sync>(
             .map(|(k, v)| s.spawn(move || batch_update_serial(fd, k, v)))
             .collect();
         // The scope joins every worker; the first error is reported.
-        workers.into_iter().try_for_each(|w| {
-            w.join().unwrap_or_else(|_| {
-                Err(DatapathError::Invalid(
-                    "a batch update thread failed".into(),
-                ))
-            })
-        })
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().unwrap_or_else(|_| Err(DatapathError::BatchWorker)))
     })
 }
 
@@ -135,11 +174,14 @@ fn batch_update_serial<K: aya::Pod, V: aya::Pod>(
         // SAFETY: attr points to valid key and value arrays of `count`
         // elements each, of the map's key and value types, alive for the call.
         if let Err(e) = unsafe { bpf_cmd(BPF_MAP_UPDATE_BATCH, &mut attr) } {
-            return Err(DatapathError::Invalid(format!(
-                "batch update failed after {} of {} entries: {e}",
-                attr.count,
-                kc.len()
-            )));
+            return Err(DatapathError::os(
+                format!(
+                    "batch update failed after {} of {} entries",
+                    attr.count,
+                    kc.len()
+                ),
+                e,
+            ));
         }
     }
     Ok(())
@@ -179,9 +221,7 @@ pub(crate) fn read_array<V: aya::Pod + Default>(
             Ok(()) => false,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Err(e) => {
-                return Err(DatapathError::Invalid(format!(
-                    "reading a table back failed: {e}"
-                )));
+                return Err(DatapathError::os("reading a table back failed", e));
             }
         };
         let n = (attr.count as usize).min(chunk);

@@ -95,13 +95,16 @@ impl<K> Mapping<K> {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(DatapathError::Invalid(format!(
-                "{name}: mapping the table failed: {}",
-                std::io::Error::last_os_error()
-            )));
+            return Err(DatapathError::os(
+                format!("{name}: mapping the table failed"),
+                std::io::Error::last_os_error(),
+            ));
         }
         let ptr = std::ptr::NonNull::new(p.cast()).ok_or_else(|| {
-            DatapathError::Invalid(format!("{name}: the table mapped at address 0"))
+            DatapathError::os(
+                format!("{name}: mapping the table"),
+                std::io::Error::other("mapped at address 0"),
+            )
         })?;
         Ok(Self {
             ptr,
@@ -179,9 +182,11 @@ where
         let n = maps.slots.len();
         let count = n / WAYS;
         if count == 0 || !count.is_power_of_two() || !n.is_multiple_of(WAYS) {
-            return Err(DatapathError::Invalid(format!(
-                "{name}: {n} slots is not a power-of-two number of {WAYS}-slot buckets"
-            )));
+            return Err(DatapathError::TableShape {
+                table: name,
+                slots: n,
+                ways: WAYS,
+            });
         }
         let mut t = Self {
             name,
@@ -401,11 +406,10 @@ where
                 None => {
                     if !crate::config::fits(self.len + added, 1, self.capacity) {
                         self.undo(&fresh, &new_spills);
-                        return Err(DatapathError::Invalid(format!(
-                            "{} is full: it holds at most {} entries (raise its capacity in the \
-                             [capacities] settings and restart with --replace-maps)",
-                            self.name, self.capacity
-                        )));
+                        return Err(DatapathError::TableFull {
+                            table: self.name,
+                            capacity: self.capacity,
+                        });
                     }
                     let hash = key.table_hash(self.seed);
                     match self.free_slot(hash) {
