@@ -2,7 +2,9 @@
 //! (BPF_PROG_TEST_RUN, repeated, several runs) and throughput over a veth
 //! (a live-frames generator in one namespace, the filter under test attached
 //! natively in another), with the empty XDP_DROP program, nftables and
-//! iptables measured in the same run. Writes raw figures as JSON to the path
+//! iptables and xdp-filter (xdp-tools) measured in the same run. Every
+//! per-packet scenario is checked to take the path it is named for (S1
+//! passes, S2 drops as blocklisted, S3 as rate-limited) before it is timed. Writes raw figures as JSON to the path
 //! in RAMPART_BENCH_OUT; xtask turns them into docs/benchmarks.md.
 use std::{collections::BTreeMap, time::Instant};
 
@@ -10,12 +12,16 @@ use aya::{
     maps::Array,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
+use aya_obj::programs::XdpAttachType;
 use rampart::{
     datapath::{BENCH_OBJECT, Capacities, Datapath},
     policy::{PolicySpec, Protocol},
     prefix::Prefix,
 };
-use rampart_common::{abi::ListEntry, decide::List};
+use rampart_common::{
+    abi::{ListEntry, MAX_IFACE_SLOTS, action, counter_index, reason},
+    decide::List,
+};
 use rampart_tests::{
     frames::FrameBuilder,
     netns::{InNetns, Netns, Veth, sh},
@@ -97,11 +103,134 @@ fn unpin(before: &libc::cpu_set_t) {
     }
 }
 
-/// One per-packet scenario: a loaded program and the frame it is fed.
+/// What a scenario's program must do with its frame: the XDP return code
+/// and, for Rampart, the action and reason its counters record.
+#[derive(Clone, Copy)]
+struct Expect {
+    xdp: u32,
+    counted: Option<(u8, u8)>,
+}
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+impl Expect {
+    const fn rampart(action: u8, reason: u8) -> Self {
+        let xdp = if action == action::DROP {
+            XDP_DROP
+        } else {
+            XDP_PASS
+        };
+        Self {
+            xdp,
+            counted: Some((action, reason)),
+        }
+    }
+}
+
+/// The program a scenario times.
+enum Subject {
+    Rampart(Datapath),
+    /// xdp-filter's program, attached to a veth of its own namespace (which
+    /// lives as long as the scenario).
+    Peer {
+        prog: Xdp,
+        _ns: [Netns; 2],
+        _veth: Veth,
+    },
+}
+
+impl Subject {
+    fn prog(&self) -> &Xdp {
+        match self {
+            Self::Rampart(dp) => dp.program().expect("prog"),
+            Self::Peer { prog, .. } => prog,
+        }
+    }
+}
+
+/// One per-packet scenario: a loaded program, the frame it is fed, and the
+/// verdict it must reach.
 struct Scenario {
     name: String,
-    dp: Datapath,
+    subject: Subject,
     frame: Vec<u8>,
+    expect: Expect,
+}
+
+/// Every Rampart counter, summed over CPUs and interface slots, by
+/// (action, reason).
+fn counted(dp: &Datapath) -> BTreeMap<(u8, u8), u64> {
+    let c = dp.counters().expect("read the counters");
+    let mut out = BTreeMap::new();
+    for slot in 0..MAX_IFACE_SLOTS {
+        for a in 0..action::COUNT as u8 {
+            for r in 0..reason::COUNT as u8 {
+                *out.entry((a, r)).or_insert(0) += c[counter_index(slot, a, r) as usize].packets;
+            }
+        }
+    }
+    out
+}
+
+/// Packets a verdict check runs after a warm-up that drains the flood
+/// scenarios' buckets (256 sources x a burst of 100).
+const VERDICT_WARMUP: u32 = 100_000;
+const VERDICT_RUNS: u32 = 10_000;
+
+/// Runs a scenario's frame and reads back what its program did: the XDP
+/// return code and, for Rampart, the (action, reason) that took nearly all
+/// of the packets. `ok` only if both are what the scenario is named for.
+fn check_verdict(s: &Scenario) -> Value {
+    let prog = s.subject.prog();
+    let run = |repeat: u32| {
+        prog.test_run(TestRunOptions {
+            data_in: Some(&s.frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .expect("test run")
+        .return_value
+    };
+    run(VERDICT_WARMUP);
+    let before = match &s.subject {
+        Subject::Rampart(dp) => Some(counted(dp)),
+        Subject::Peer { .. } => None,
+    };
+    let xdp = run(VERDICT_RUNS);
+    let mut ok = xdp == s.expect.xdp;
+    let mut out = json!({"xdp_return": xdp, "expected_xdp_return": s.expect.xdp});
+    if let (Subject::Rampart(dp), Some(before), Some(want)) = (&s.subject, before, s.expect.counted)
+    {
+        let after = counted(dp);
+        let delta: Vec<((u8, u8), u64)> = after
+            .iter()
+            .map(|(k, n)| (*k, n - before.get(k).copied().unwrap_or(0)))
+            .collect();
+        let total: u64 = delta.iter().map(|(_, n)| n).sum();
+        let (top, n) = delta
+            .iter()
+            .max_by_key(|(_, n)| *n)
+            .copied()
+            .unwrap_or(((0, 0), 0));
+        let share = n as f64 / total.max(1) as f64;
+        ok &= top == want && share >= 0.99;
+        let name = |(a, r): (u8, u8)| {
+            format!(
+                "{}/{}",
+                action::NAMES[a as usize],
+                reason::NAMES[r as usize]
+            )
+        };
+        out["counted"] = json!(name(top));
+        out["counted_share"] = json!(share);
+        out["expected"] = json!(name(want));
+    }
+    out["ok"] = json!(ok);
+    if !ok {
+        eprintln!("{}: WRONG VERDICT {out}", s.name);
+    }
+    out
 }
 
 /// Measures every scenario in rounds, each run of a scenario right after a
@@ -121,7 +250,7 @@ fn measure_interleaved(
     for _ in 0..runs() {
         for (s, (ns, ratios)) in scenarios.iter().zip(&mut taken) {
             let f = ns_per_packet(floor, frame);
-            let x = ns_per_packet(s.dp.program().expect("prog"), &s.frame);
+            let x = ns_per_packet(s.subject.prog(), &s.frame);
             floors.push(f);
             ns.push(x);
             ratios.push(x / f);
@@ -139,7 +268,9 @@ fn measure_interleaved(
     let ones = vec![1.0; floors.len()];
     out.insert("floor".to_string(), figure(floors, ones));
     for (s, (ns, ratios)) in scenarios.iter().zip(taken) {
-        out.insert(s.name.clone(), figure(ns, ratios));
+        let mut x = figure(ns, ratios);
+        x["verdict"] = check_verdict(s);
+        out.insert(s.name.clone(), x);
     }
     out
 }
@@ -246,12 +377,23 @@ fn per_packet() -> BTreeMap<String, Value> {
     let blocked = FrameBuilder::tcp("198.18.7.7", "198.51.100.1").build();
     let flood = FrameBuilder::tcp("10.0.0.1", "198.51.100.1").build();
     let mut scenarios = Vec::new();
-    let mut add = |name: String, dp: Datapath, frame: &[u8]| {
+    let mut add = |name: String, dp: Datapath, frame: &[u8], expect: Expect| {
         scenarios.push(Scenario {
             name,
-            dp,
+            subject: Subject::Rampart(dp),
             frame: frame.to_vec(),
+            expect,
         });
+    };
+    let pass_expect = Expect::rampart(action::PASS, reason::NONE);
+    let flood_expect = Expect::rampart(action::DROP, reason::RATELIMIT);
+    // `cargo xtask bench --self-check` breaks S2 on purpose: its blocklist
+    // holds the address next to the one it sends, so its packets pass, and
+    // the bench must report the scenario as failed.
+    let s2_listed = if std::env::var("RAMPART_BENCH_BREAK").is_ok_and(|b| b == "S2") {
+        "198.18.7.8"
+    } else {
+        "198.18.7.7"
     };
 
     // S1: legitimate traffic under its limit, policies and lists loaded.
@@ -259,7 +401,7 @@ fn per_packet() -> BTreeMap<String, Value> {
     dp.set_policies(&web_policy(1 << 30, 1 << 30))
         .expect("policies");
     fill_blocklist(&mut dp, 1000, "198.18.7.7");
-    add("S1 pass".into(), dp, &pass);
+    add("S1 pass".into(), dp, &pass, pass_expect);
 
     // S2: a blocklisted source, lists of growing size.
     for n in [1u32, 10_000, 100_000, 1_000_000] {
@@ -270,12 +412,17 @@ fn per_packet() -> BTreeMap<String, Value> {
         dp.set_policies(&web_policy(1 << 30, 1 << 30))
             .expect("policies");
         let t = Instant::now();
-        fill_blocklist(&mut dp, n, "198.18.7.7");
+        fill_blocklist(&mut dp, n, s2_listed);
         eprintln!(
             "S2: {n} entries loaded in {:.1}s",
             t.elapsed().as_secs_f64()
         );
-        add(format!("S2 blocklist {n}"), dp, &blocked);
+        add(
+            format!("S2 blocklist {n}"),
+            dp,
+            &blocked,
+            Expect::rampart(action::DROP, reason::BLOCKLIST),
+        );
     }
 
     // S3: floods from 1, 16 and 256 sources, over their limit.
@@ -283,14 +430,15 @@ fn per_packet() -> BTreeMap<String, Value> {
         let mut b = load(1024);
         b.set_policies(&web_policy(100, 100)).expect("policies");
         vary(&mut b, 1, n);
-        add(format!("S3 flood {n} sources"), b.dp, &flood);
+        add(format!("S3 flood {n} sources"), b.dp, &flood, flood_expect);
     }
 
     // S4: a spoofed flood, a new random source every packet.
     let mut b = load(1024);
     b.set_policies(&web_policy(100, 100)).expect("policies");
     vary(&mut b, 2, 0);
-    add("S4 spoofed flood".into(), b.dp, &flood);
+    // Every packet a newcomer with a full bucket: they pass.
+    add("S4 spoofed flood".into(), b.dp, &flood, pass_expect);
     // For comparison, not a target: the same flood into a rate table four
     // times the default, which no longer fits in cache.
     let big = 4 * Capacities::default().rate_sets;
@@ -304,11 +452,73 @@ fn per_packet() -> BTreeMap<String, Value> {
         format!("S4 spoofed flood, 4x rate table ({} sources)", big * 4),
         b.dp,
         &flood,
+        pass_expect,
     );
+    scenarios.push(xdp_filter_scenario(&blocked));
 
     let mut floor = load(1024);
     let floor = floor.dp.other_program("floor").expect("floor");
     measure_interleaved(floor, &pass, &scenarios)
+}
+
+/// xdp-filter (xdp-tools), the XDP peer: loaded natively on a veth of its
+/// own namespace with the blocked frame's source in its list, its program
+/// pinned and opened so it can be test-run like Rampart's.
+fn xdp_filter_scenario(blocked: &[u8]) -> Scenario {
+    let ns = Netns::new("rb-xf").expect("netns");
+    let other = Netns::new("rb-xf2").expect("netns");
+    let veth = Veth::new("rbxf0", &ns, &[], "rbxf1", &other, &[]).expect("veth");
+    load_xdp_filter(&ns, "rbxf0", "198.18.7.7");
+    let pin = "/sys/fs/bpf/rampart-bench-xdp-filter";
+    let _ = std::fs::remove_file(pin);
+    let id = attached_prog_id(&ns, "rbxf0");
+    sh(&["bpftool", "prog", "pin", "id", &id.to_string(), pin]).expect("pin xdp-filter's program");
+    let prog = Xdp::from_pin(pin, XdpAttachType::Interface).expect("open xdp-filter's program");
+    let _ = std::fs::remove_file(pin);
+    Scenario {
+        name: "xdp-filter blocklist 1".into(),
+        subject: Subject::Peer {
+            prog,
+            _ns: [ns, other],
+            _veth: veth,
+        },
+        frame: blocked.to_vec(),
+        expect: Expect {
+            xdp: XDP_DROP,
+            counted: None,
+        },
+    }
+}
+
+/// Loads xdp-filter natively on `dev` in `ns`, dropping packets from `src`.
+/// It runs in the namespace's network only (nsenter), so it finds the
+/// host's bpffs for its pins.
+fn load_xdp_filter(ns: &Netns, dev: &str, src: &str) {
+    let netns = format!("--net=/run/netns/{}", ns.name);
+    let xf = |args: &[&str]| {
+        let mut full = vec!["nsenter", netns.as_str(), "xdp-filter"];
+        full.extend_from_slice(args);
+        sh(&full)
+    };
+    let _ = xf(&["unload", dev]);
+    xf(&["load", dev, "-m", "native"]).expect("xdp-filter load (apt-get install xdp-tools)");
+    xf(&["ip", src, "-m", "src"]).expect("xdp-filter ip");
+}
+
+fn unload_xdp_filter(ns: &Netns, dev: &str) {
+    let netns = format!("--net=/run/netns/{}", ns.name);
+    let _ = sh(&["nsenter", netns.as_str(), "xdp-filter", "unload", dev]);
+}
+
+/// The id of the XDP program attached to `dev` in `ns`.
+fn attached_prog_id(ns: &Netns, dev: &str) -> u64 {
+    let out = ns
+        .exec(&["ip", "-d", "-j", "link", "show", dev])
+        .expect("ip link");
+    let v: Value = serde_json::from_str(&out).expect("ip -j output");
+    v[0]["xdp"]["prog"]["id"]
+        .as_u64()
+        .expect("an XDP program attached")
 }
 
 fn rx_packets(ns: &Netns, dev: &str) -> u64 {
@@ -354,6 +564,9 @@ enum Filter {
     Nft(&'static str),
     /// iptables raw with hashlimit per source.
     Hashlimit,
+    /// xdp-filter (xdp-tools) attached natively, dropping the generator's
+    /// first source.
+    XdpFilter,
 }
 
 const NFT_SET_DROP: &str = "table netdev rb {\n  set blk {\n    type ipv4_addr\n    flags interval\n    elements = { 10.0.0.1, 198.18.0.0/15 }\n  }\n  chain in {\n    type filter hook ingress device rbd0 priority 0;\n    ip saddr @blk drop\n  }\n}\n";
@@ -456,6 +669,12 @@ impl Receiver<'_> {
                     f,
                 )
             }
+            Filter::XdpFilter => {
+                load_xdp_filter(self.dut, "rbd0", "10.0.0.1");
+                let r = f();
+                unload_xdp_filter(self.dut, "rbd0");
+                r
+            }
             Filter::Hashlimit => {
                 let mut setup = vec!["iptables"];
                 setup.extend(HASHLIMIT);
@@ -526,6 +745,12 @@ fn throughput() -> BTreeMap<String, Value> {
             name: "rampart S4 spoofed",
             filter: Filter::Rampart { blocked: false },
             mode: 2,
+            n: 0,
+        },
+        Row {
+            name: "xdp-filter blocklist",
+            filter: Filter::XdpFilter,
+            mode: 0,
             n: 0,
         },
         Row {
@@ -810,6 +1035,7 @@ fn legit_client() -> BTreeMap<String, Value> {
         ("during S4 flood (random sources)", vec!["--rand-source"]),
     ] {
         let dropped = lab.counter("drop", "ratelimit");
+        let seen = packets_seen(&lab);
         let mut f = flood(&extra);
         std::thread::sleep(std::time::Duration::from_secs(1));
         let mut r = phase(name);
@@ -817,11 +1043,24 @@ fn legit_client() -> BTreeMap<String, Value> {
         let _ = f.wait();
         // The flood was real: what the rate limit dropped meanwhile.
         r["flood_dropped"] = json!(lab.counter("drop", "ratelimit") - dropped);
+        // ... and what the program saw, whatever it did with it: a spoofed
+        // flood passes (every source is new), so drops alone prove nothing.
+        r["flood_seen"] = json!(packets_seen(&lab) - seen);
         out.insert(name.into(), r);
     }
     let _ = server.kill();
     let _ = server.wait();
     out
+}
+
+/// Every packet the agent's program counted, whatever its verdict.
+fn packets_seen(lab: &rampart_tests::lab::Lab) -> u64 {
+    let rows = lab.cli_json(&["stats"]).unwrap_or_default();
+    rows.as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["packets"].as_u64().unwrap_or(0))
+        .sum()
 }
 
 /// One part of the benchmark: its name and what runs it (raw figures by

@@ -26,8 +26,12 @@ enum Task {
     Setup,
     /// Build the `rampart` binary (release), with the XDP program embedded.
     Build,
-    /// Data-plane benchmarks side by side with nftables and iptables.
+    /// Data-plane benchmarks side by side with nftables, iptables and xdp-filter.
     Bench {
+        /// Prove the bench catches a scenario that takes the wrong path: a
+        /// short run with S2's blocklist missing its address must fail.
+        #[arg(long, conflicts_with_all = ["quick", "report_only"])]
+        self_check: bool,
         /// A short smoke run (no docs written).
         #[arg(long)]
         quick: bool,
@@ -58,9 +62,12 @@ fn main() {
         Task::Setup => setup::run(),
         Task::Build => setup::run().and_then(|()| build()),
         Task::Manifests { check } => manifests::run(check),
-        Task::Bench { quick, report_only } => {
-            setup::run().and_then(|()| bench::run_with(quick, report_only))
-        }
+        Task::Bench {
+            self_check: true, ..
+        } => setup::run().and_then(|()| bench::self_check()),
+        Task::Bench {
+            quick, report_only, ..
+        } => setup::run().and_then(|()| bench::run_with(quick, report_only)),
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Test(args) => setup::run().and_then(|()| test::run(&args)),
         Task::Kernels(args) => setup::run().and_then(|()| test::run_kernels(&args)),

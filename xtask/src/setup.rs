@@ -24,6 +24,8 @@ const PACKAGES: &[&str] = &[
     "python3",
     "hping3",
     "ethtool",
+    // The XDP peer the benchmark measures beside Rampart (xdp-filter).
+    "xdp-tools",
     // The kernel matrix: QEMU, and what its initramfs is made of.
     "qemu-system-x86",
     "busybox-static",
@@ -47,7 +49,7 @@ const STEPS: &[Step] = &[
         name: "Debian packages",
         done: packages_present,
         run: install_packages,
-        by_hand: "apt-get update && apt-get install -y llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 bpftool nftables iptables iputils-ping tcpdump curl python3 hping3 ethtool qemu-system-x86 busybox-static cpio xz-utils binutils",
+        by_hand: "apt-get update && apt-get install -y llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 bpftool nftables iptables iputils-ping tcpdump curl python3 hping3 ethtool xdp-tools qemu-system-x86 busybox-static cpio xz-utils binutils",
     },
     Step {
         name: "nightly rust-src (for -Z build-std=core)",
