@@ -509,8 +509,8 @@ pub fn meter<T: Tables>(
         }
         // `claimed`: the set's ways changed hands, so its oldest use is
         // counted afresh.
-        let (way, moved, claimed) = if found < RATE_WAYS {
-            (found, u32::MAX, false)
+        let (way, placed, claimed) = if found < RATE_WAYS {
+            (found, Placement::Held, false)
         } else {
             let victim = if free || may_have_idle_way(set, p, now) {
                 idle_way(set, buckets, p, now)
@@ -522,15 +522,15 @@ pub fn meter<T: Tables>(
                 // with the set's shared bucket rather than evict or wave it
                 // through.
                 let ok = take_overflow(set, extra, p, len, now);
-                return (ok, false, stat::RATE_OVERFLOW);
+                return (ok, false, Placement::Overflow);
             }
-            let moved = if set.tags[victim] != 0 {
-                stat::RATE_EVICTIONS
+            let placed = if set.tags[victim] != 0 {
+                Placement::Evicted
             } else {
-                u32::MAX
+                Placement::Free
             };
             claim(set, buckets, extra, victim, tag, p, now);
-            (victim, moved, true)
+            (victim, placed, true)
         };
         let last = &mut buckets.last_ns[way];
         let elapsed = now.saturating_sub(*last);
@@ -556,17 +556,42 @@ pub fn meter<T: Tables>(
         (
             ok,
             ban_due(&mut extra.violations[way], p, ok, refilled),
-            moved,
+            placed,
         )
     });
-    let Some((conforms, ban_due, moved)) = outcome else {
+    let Some((conforms, ban_due, placed)) = outcome else {
         // No rate table: a missing table never drops.
         return Metered::CONFORMS;
     };
-    if moved != u32::MAX {
-        t.count(moved);
+    if let Some(stat) = placed.stat() {
+        t.count(stat);
     }
     Metered { conforms, ban_due }
+}
+
+/// Where a metered source found its way in its rate-table set.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// It already held one.
+    Held,
+    /// It took a free way.
+    Free,
+    /// It took an idle source's way.
+    Evicted,
+    /// Every way was busy: the set's shared overflow bucket metered it.
+    Overflow,
+}
+
+impl Placement {
+    /// The statistic the placement counts, if any.
+    #[inline(always)]
+    const fn stat(self) -> Option<u32> {
+        match self {
+            Self::Held | Self::Free => None,
+            Self::Evicted => Some(stat::RATE_EVICTIONS),
+            Self::Overflow => Some(stat::RATE_OVERFLOW),
+        }
+    }
 }
 
 /// False when every way of a full set is surely busy, from the set's
