@@ -363,6 +363,22 @@ pub fn probe_list_v4<T: Tables + ?Sized, F: Fn() -> u64>(
     )
 }
 
+/// Whether an IPv4 list can match `addr` at all: not when it is empty, nor
+/// when every length it uses is /24 or longer and the /24 summary has no
+/// entry near `addr`. The data plane asks this inline, so legitimate traffic
+/// skips the probe's call; [`probe_list_v4`] reaches the same answer.
+#[inline(always)]
+pub fn v4_list_may_match<T: Tables + ?Sized>(t: &T, cfg: &Config, list: List, addr: u32) -> bool {
+    let lens = prefix_lens(cfg, list, false);
+    let n = lens.count as usize;
+    if n == 0 {
+        return false;
+    }
+    // Longest first: the last length in use is the shortest.
+    let shortest = lens.lens[(n - 1).min(MAX_PREFIX_LENS - 1)];
+    shortest < slash24::MIN_LEN || t.v4_slash24(list, addr)
+}
+
 /// The loop behind [`Tables::find_list_v6`].
 #[inline(always)]
 pub fn probe_list_v6<T: Tables + ?Sized, F: Fn() -> u64>(

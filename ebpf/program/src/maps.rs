@@ -18,7 +18,7 @@ use rampart_common::{
     },
     decide::{
         BanStarted, List, Metered, Tables, Verdict, meter, prefix_lens, probe_ban_v4, probe_ban_v6,
-        probe_list_v4, probe_list_v6, start_ban,
+        probe_list_v4, probe_list_v6, start_ban, v4_list_may_match,
     },
     list_table::{self, V4Slot, V6Slot},
     parse::{Packet, Parsed, Source},
@@ -125,6 +125,7 @@ pub fn now_ns() -> u64 {
     // SAFETY: helpers without arguments.
     let jiffies = unsafe { bpf_jiffies64() };
     let Some(cache) = CLOCK.get_ptr_mut(0) else {
+        // SAFETY: a helper without arguments.
         return unsafe { bpf_ktime_get_coarse_ns() };
     };
     // SAFETY: per-CPU value, only this CPU writes it. A zero `ns` marks an
@@ -390,8 +391,8 @@ impl Tables for BpfTables<'_> {
         addr: u32,
         _clock: &F,
     ) -> Option<ListEntry> {
-        // An empty list costs no call.
-        if prefix_lens(cfg, list, false).count == 0 {
+        // A list that cannot match costs no call.
+        if !v4_list_may_match(self, cfg, list, addr) {
             return None;
         }
         decode(rampart_find_v4(cfg, list.index(), addr))
@@ -444,13 +445,17 @@ impl Tables for BpfTables<'_> {
 
     #[inline(always)]
     fn ban_v4(&self, key: &V4Key) -> Option<BanEntry> {
-        // SAFETY: as above.
+        // SAFETY: the entry is copied out at once, so no reference to map
+        // memory outlives the lookup; a concurrent update can at worst give
+        // this one packet a stale ban.
         unsafe { BANS_V4.get(key).copied() }
     }
 
     #[inline(always)]
     fn ban_v6(&self, key: &V6Key) -> Option<BanEntry> {
-        // SAFETY: as above.
+        // SAFETY: the entry is copied out at once, so no reference to map
+        // memory outlives the lookup; a concurrent update can at worst give
+        // this one packet a stale ban.
         unsafe { BANS_V6.get(key).copied() }
     }
 
