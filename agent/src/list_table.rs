@@ -28,13 +28,13 @@ enum Place {
 }
 
 /// A key type of a list table.
-pub trait Key: TableKey + aya::Pod + Default + Sync + Eq + std::hash::Hash {}
+pub(crate) trait Key: TableKey + aya::Pod + Default + Sync + Eq + std::hash::Hash {}
 impl Key for V4Key {}
 impl Key for V6Key {}
 
 /// The maps of one table, as taken from the loaded object, with duplicates
 /// of the array maps' fds for batch operations (aya has none).
-pub struct TableMaps<K: Key>
+pub(crate) struct TableMaps<K: Key>
 where
     Slot<K>: aya::Pod,
 {
@@ -128,7 +128,8 @@ impl<K> Mapping<K> {
     fn set(&self, i: u32, slot: Slot<K>) {
         let i = i as usize;
         if i < self.len {
-            // SAFETY: in bounds, as above; the program only reads slots.
+            // SAFETY: i is in bounds of the mapping, which lives as long as
+            // self; the program only reads slots, and only this agent writes.
             unsafe { self.ptr.as_ptr().add(i).write_volatile(slot) };
         }
     }
@@ -147,7 +148,7 @@ fn publish_writes() {
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
 }
 
-pub struct ListTable<K: Key>
+pub(crate) struct ListTable<K: Key>
 where
     Slot<K>: aya::Pod,
 {
@@ -164,7 +165,7 @@ where
 }
 
 /// Keys and entries (kernel key type) as a table reports them.
-pub type Entries<K> = Vec<(K, ListEntry)>;
+pub(crate) type Entries<K> = Vec<(K, ListEntry)>;
 
 impl<K: Key> ListTable<K>
 where
@@ -173,7 +174,7 @@ where
     /// Takes over a table's maps and learns where its keys are (a table
     /// pinned by an earlier agent keeps its contents). Returns the table and
     /// every key it holds.
-    pub fn adopt(
+    pub(crate) fn adopt(
         name: &'static str,
         maps: TableMaps<K>,
         seed: u64,
@@ -269,7 +270,7 @@ where
     }
 
     /// The bucket count minus one, for the program's configuration.
-    pub fn mask(&self) -> u32 {
+    pub(crate) fn mask(&self) -> u32 {
         self.mask
     }
 
@@ -352,7 +353,7 @@ where
         batch_update(&self.maps.slots_fd, &index, &slots)
     }
 
-    pub fn get(&self, key: &K) -> Result<Option<ListEntry>, DatapathError> {
+    pub(crate) fn get(&self, key: &K) -> Result<Option<ListEntry>, DatapathError> {
         Ok(self
             .locate(key, &FxHashMap::default(), &mut Change::new(1))?
             .map(|(_, e)| e))
@@ -372,7 +373,10 @@ where
 
     /// Adds or replaces entries; returns, per item, whether its key is new
     /// to the table. Nothing changes if the new keys would pass capacity.
-    pub fn insert_many(&mut self, items: &[(K, ListEntry)]) -> Result<Vec<bool>, DatapathError> {
+    pub(crate) fn insert_many(
+        &mut self,
+        items: &[(K, ListEntry)],
+    ) -> Result<Vec<bool>, DatapathError> {
         let mut change = Change::new(items.len());
         // Sized up front: growing a million-entry map copies it and leaves
         // the heap fragmented, which the agent's resident memory shows.
@@ -487,7 +491,7 @@ where
     }
 
     /// Removes keys; returns, per key, whether the table held it.
-    pub fn remove_many(&mut self, keys: &[K]) -> Result<Vec<bool>, DatapathError> {
+    pub(crate) fn remove_many(&mut self, keys: &[K]) -> Result<Vec<bool>, DatapathError> {
         let mut change = Change::new(keys.len());
         let mut pending: FxHashMap<u32, Slot<K>> =
             FxHashMap::with_capacity_and_hasher(keys.len(), rustc_hash::FxBuildHasher);
@@ -540,7 +544,7 @@ where
     }
 
     /// Every key and entry.
-    pub fn entries(&self) -> Result<Entries<K>, DatapathError> {
+    pub(crate) fn entries(&self) -> Result<Entries<K>, DatapathError> {
         let mut out = Vec::with_capacity(self.len as usize);
         read_array(
             &self.maps.slots_fd,
@@ -558,7 +562,7 @@ where
     }
 
     /// Keys in the spill map (for tests and metrics).
-    pub fn spilled(&self) -> u64 {
+    pub(crate) fn spilled(&self) -> u64 {
         self.spilled.values().map(|n| u64::from(*n)).sum()
     }
 }

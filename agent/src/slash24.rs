@@ -13,7 +13,7 @@ use rampart_common::{
 };
 
 #[derive(Default)]
-pub struct Slash24Summary {
+pub(crate) struct Slash24Summary {
     /// The /24's bit (`slash24::bit`) -> entries of /24 or longer in it.
     counts: HashMap<u32, u32>,
     /// Words with a set bit, as last computed.
@@ -24,7 +24,7 @@ pub struct Slash24Summary {
 
 impl Slash24Summary {
     /// Counts an entry new to `list`.
-    pub fn add(&mut self, list: List, key: &V4Key) {
+    pub(crate) fn add(&mut self, list: List, key: &V4Key) {
         let Some(id) = count_key(list, key) else {
             return;
         };
@@ -36,7 +36,7 @@ impl Slash24Summary {
     }
 
     /// Uncounts an entry gone from `list`.
-    pub fn remove(&mut self, list: List, key: &V4Key) {
+    pub(crate) fn remove(&mut self, list: List, key: &V4Key) {
         let Some(id) = count_key(list, key) else {
             return;
         };
@@ -65,7 +65,7 @@ impl Slash24Summary {
     }
 
     /// The words changed since the last call, with their new values.
-    pub fn take_dirty(&mut self) -> Vec<(u32, u64)> {
+    pub(crate) fn take_dirty(&mut self) -> Vec<(u32, u64)> {
         std::mem::take(&mut self.dirty)
             .into_iter()
             .map(|w| (w, self.words.get(&w).copied().unwrap_or(0)))
@@ -74,7 +74,7 @@ impl Slash24Summary {
 
     /// Every word of the map, for writing it whole (after re-adopting
     /// pinned maps, whose summary may predate this agent).
-    pub fn all_words(&mut self) -> Vec<u64> {
+    pub(crate) fn all_words(&mut self) -> Vec<u64> {
         self.dirty.clear();
         let mut all = vec![0; slash24::WORDS as usize];
         for (&w, &v) in &self.words {

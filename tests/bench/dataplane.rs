@@ -97,7 +97,7 @@ fn pin_to_last_cpu() -> libc::cpu_set_t {
 }
 
 fn unpin(before: &libc::cpu_set_t) {
-    // SAFETY: as above.
+    // SAFETY: reads the set passed, for the calling thread (pid 0).
     unsafe {
         libc::sched_setaffinity(0, std::mem::size_of_val(before), before);
     }
@@ -130,21 +130,23 @@ impl Expect {
 
 /// The program a scenario times.
 enum Subject {
-    Rampart(Datapath),
-    /// xdp-filter's program, attached to a veth of its own namespace (which
-    /// lives as long as the scenario).
-    Peer {
-        prog: Xdp,
-        _ns: [Netns; 2],
-        _veth: Veth,
-    },
+    Rampart(Box<Datapath>),
+    Peer(Box<Peer>),
+}
+
+/// xdp-filter's program, attached to a veth of its own namespace (which
+/// lives as long as the scenario).
+struct Peer {
+    prog: Xdp,
+    _ns: [Netns; 2],
+    _veth: Veth,
 }
 
 impl Subject {
     fn prog(&self) -> &Xdp {
         match self {
             Self::Rampart(dp) => dp.program().expect("prog"),
-            Self::Peer { prog, .. } => prog,
+            Self::Peer(peer) => &peer.prog,
         }
     }
 }
@@ -197,7 +199,7 @@ fn check_verdict(s: &Scenario) -> Value {
     run(VERDICT_WARMUP);
     let before = match &s.subject {
         Subject::Rampart(dp) => Some(counted(dp)),
-        Subject::Peer { .. } => None,
+        Subject::Peer(_) => None,
     };
     let xdp = run(VERDICT_RUNS);
     let mut ok = xdp == s.expect.xdp;
@@ -382,7 +384,7 @@ fn per_packet() -> BTreeMap<String, Value> {
     let mut add = |name: String, dp: Datapath, frame: &[u8], expect: Expect| {
         scenarios.push(Scenario {
             name,
-            subject: Subject::Rampart(dp),
+            subject: Subject::Rampart(Box::new(dp)),
             frame: frame.to_vec(),
             expect,
         });
@@ -479,11 +481,11 @@ fn xdp_filter_scenario(blocked: &[u8]) -> Scenario {
     let _ = std::fs::remove_file(pin);
     Scenario {
         name: "xdp-filter blocklist 1".into(),
-        subject: Subject::Peer {
+        subject: Subject::Peer(Box::new(Peer {
             prog,
             _ns: [ns, other],
             _veth: veth,
-        },
+        })),
         frame: blocked.to_vec(),
         expect: Expect {
             xdp: XDP_DROP,
@@ -568,7 +570,7 @@ enum Filter {
     Hashlimit,
     /// xdp-filter (xdp-tools) attached natively, dropping the generator's
     /// first source.
-    XdpFilter,
+    XdpTools,
 }
 
 const NFT_SET_DROP: &str = "table netdev rb {\n  set blk {\n    type ipv4_addr\n    flags interval\n    elements = { 10.0.0.1, 198.18.0.0/15 }\n  }\n  chain in {\n    type filter hook ingress device rbd0 priority 0;\n    ip saddr @blk drop\n  }\n}\n";
@@ -671,7 +673,7 @@ impl Receiver<'_> {
                     f,
                 )
             }
-            Filter::XdpFilter => {
+            Filter::XdpTools => {
                 load_xdp_filter(self.dut, "rbd0", "10.0.0.1");
                 let r = f();
                 unload_xdp_filter(self.dut, "rbd0");
@@ -751,7 +753,7 @@ fn throughput() -> BTreeMap<String, Value> {
         },
         Row {
             name: "xdp-filter blocklist",
-            filter: Filter::XdpFilter,
+            filter: Filter::XdpTools,
             mode: 0,
             n: 0,
         },

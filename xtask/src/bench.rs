@@ -9,14 +9,14 @@ use serde_json::Value;
 
 use crate::cmd::{self, root};
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
+pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
     run_with(quick, false)
 }
 
 /// `cargo xtask bench --self-check`: a short per-packet run with S2 broken
 /// on purpose (its blocklist lacks the address it sends, so it passes). It
 /// succeeds only if the bench reports that run as failed, naming S2.
-pub fn self_check() -> anyhow::Result<()> {
+pub(crate) fn self_check() -> anyhow::Result<()> {
     crate::build()?;
     let out = std::env::temp_dir().join("rampart-bench-self-check.json");
     let path = out.to_str().context("path")?;
@@ -74,7 +74,7 @@ fn check_paths(v: &Value) -> anyhow::Result<()> {
 }
 
 /// `report_only`: re-render the docs from docs/bench-results.json.
-pub fn run_with(quick: bool, report_only: bool) -> anyhow::Result<()> {
+pub(crate) fn run_with(quick: bool, report_only: bool) -> anyhow::Result<()> {
     let docs = root().join("docs");
     std::fs::create_dir_all(&docs)?;
     // A smoke run leaves the committed figures alone.

@@ -7,7 +7,7 @@ use std::{
 use anyhow::{Context, bail};
 
 /// The workspace root (xtask lives one level below it).
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)
@@ -15,16 +15,16 @@ pub fn root() -> PathBuf {
 }
 
 /// Cargo's target folder (`CARGO_TARGET_DIR`, or `target` in the root).
-pub fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
 }
 
 /// Runs a command in the workspace root, inheriting output; fails on non-zero.
-pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     run_env(program, args, &[])
 }
 
-pub fn run_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+pub(crate) fn run_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     eprintln!("+ {program} {}", args.join(" "));
     let status = Command::new(program)
         .args(args)
@@ -39,7 +39,7 @@ pub fn run_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Re
 }
 
 /// Runs a command and returns its stdout, or None if it fails to run or exits non-zero.
-pub fn output(program: &str, args: &[&str]) -> Option<String> {
+pub(crate) fn output(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program)
         .args(args)
         .stderr(Stdio::null())
@@ -51,16 +51,16 @@ pub fn output(program: &str, args: &[&str]) -> Option<String> {
 }
 
 /// Runs cargo (the one that runs xtask) in the workspace root.
-pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> anyhow::Result<()> {
     cargo_env(args, &[])
 }
 
 /// Runs cargo with extra environment variables.
-pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+pub(crate) fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     run_env(&cargo_path(), args, env)
 }
 
 /// The cargo that runs xtask (so its toolchain is the one used).
-pub fn cargo_path() -> String {
+pub(crate) fn cargo_path() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }

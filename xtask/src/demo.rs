@@ -215,7 +215,7 @@ fn packets(rows: &[Value], action: &str, reason: &str) -> u64 {
         .sum()
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);

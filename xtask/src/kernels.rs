@@ -12,7 +12,7 @@ use crate::cmd;
 /// One kernel of the matrix: a version of Debian's `linux-image-amd64`
 /// meta-package, which names the image package to fetch.
 #[derive(Debug)]
-pub struct Kernel {
+pub(crate) struct Kernel {
     /// What `--kernels` calls it.
     pub name: &'static str,
     /// The meta-package versions that pull this kernel in.
@@ -21,7 +21,7 @@ pub struct Kernel {
 
 /// Debian 12's own kernel (bookworm, updated through bookworm-security),
 /// and the one bookworm-backports carries.
-pub const MATRIX: &[Kernel] = &[
+pub(crate) const MATRIX: &[Kernel] = &[
     Kernel {
         name: "6.1",
         meta_version_prefix: "6.1.",
@@ -37,7 +37,7 @@ pub const MATRIX: &[Kernel] = &[
 const SUITES: &[&str] = &["bookworm", "bookworm-security", "bookworm-backports"];
 
 /// A kernel ready to boot: its image and the modules the tests load.
-pub struct Fetched {
+pub(crate) struct Fetched {
     pub name: &'static str,
     /// `uname -r` of the kernel, e.g. `6.1.0-57-amd64`.
     pub release: String,
@@ -51,14 +51,14 @@ const MODULES: &[&str] = &["kernel/drivers/net/veth.ko"];
 
 /// Where kernels (and apt's lists for them) are kept between runs, outside
 /// any clone: `RAMPART_VM_CACHE`, or `/var/cache/rampart-vm`.
-pub fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     std::env::var_os("RAMPART_VM_CACHE")
         .map_or_else(|| PathBuf::from("/var/cache/rampart-vm"), PathBuf::from)
 }
 
 /// The kernels `--kernels` names: a comma-separated list of matrix names,
 /// `all` (the default) or `none`.
-pub fn select(spec: &str) -> anyhow::Result<Vec<&'static Kernel>> {
+pub(crate) fn select(spec: &str) -> anyhow::Result<Vec<&'static Kernel>> {
     match spec.trim() {
         "all" => return Ok(MATRIX.iter().collect()),
         "none" | "" => return Ok(Vec::new()),
@@ -79,7 +79,7 @@ pub fn select(spec: &str) -> anyhow::Result<Vec<&'static Kernel>> {
 }
 
 /// The kernel from the cache, fetched first if it is not there.
-pub fn fetch(kernel: &'static Kernel) -> anyhow::Result<Fetched> {
+pub(crate) fn fetch(kernel: &'static Kernel) -> anyhow::Result<Fetched> {
     let dir = cache_dir().join("kernels").join(kernel.name);
     if let Some(k) = cached(kernel, &dir) {
         return Ok(k);
@@ -174,7 +174,7 @@ fn download(kernel: &Kernel, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// A path as the `&str` a command line takes.
-pub fn path_str(p: &Path) -> anyhow::Result<&str> {
+pub(crate) fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str()
         .with_context(|| format!("path is not UTF-8: {}", p.display()))
 }

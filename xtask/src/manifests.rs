@@ -19,7 +19,7 @@ const RELEASE: &str = "rampart";
 const NAMESPACE: &str = "rampart";
 const HEADER: &str = "# Rendered from deploy/helm/rampart with its default values by\n# `cargo xtask manifests`; edit the chart, not this file.\n";
 
-pub fn run(check: bool) -> anyhow::Result<()> {
+pub(crate) fn run(check: bool) -> anyhow::Result<()> {
     let chart = root().join("deploy/helm/rampart");
     let out_dir = root().join("deploy/kubernetes");
     let values: Value = serde_yaml::from_str(&fs::read_to_string(chart.join("values.yaml"))?)?;
@@ -74,7 +74,7 @@ fn render_file(chart: &Path, name: &str, values: &Value) -> anyhow::Result<Strin
 }
 
 /// Renders one template.
-pub fn render(src: &str, values: &Value, chart: &Path) -> anyhow::Result<String> {
+pub(crate) fn render(src: &str, values: &Value, chart: &Path) -> anyhow::Result<String> {
     let mut out = String::new();
     // Output suppressed by false `if`s: one flag per open block.
     let mut blocks: Vec<bool> = Vec::new();

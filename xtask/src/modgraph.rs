@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, bail};
 
 /// Fails, naming each cycle, when the crate under `src` has any.
-pub fn check(src: &Path) -> anyhow::Result<()> {
+pub(crate) fn check(src: &Path) -> anyhow::Result<()> {
     let graph = read(src)?;
     let cycles = cycles(&graph);
     if cycles.is_empty() {

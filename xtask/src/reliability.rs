@@ -5,7 +5,7 @@
 use crate::cmd;
 
 #[derive(clap::Args)]
-pub struct ReliabilityArgs {
+pub(crate) struct ReliabilityArgs {
     /// Frames per differential-fuzzing test (kernel against model).
     #[arg(long, default_value_t = 200_000)]
     pub frames: u32,
@@ -17,7 +17,7 @@ pub struct ReliabilityArgs {
     pub load_secs: u32,
 }
 
-pub fn run(args: &ReliabilityArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &ReliabilityArgs) -> anyhow::Result<()> {
     cmd::cargo(&["build", "-p", "rampart"])?;
     let parser_cases = args.parser_cases.to_string();
     cmd::cargo_env(

@@ -89,7 +89,7 @@ const STEPS: &[Step] = &[
     },
 ];
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     for step in STEPS {
         if (step.done)() {
             continue;

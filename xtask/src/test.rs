@@ -2,7 +2,7 @@
 use crate::cmd::{self, cargo};
 
 #[derive(clap::Args)]
-pub struct TestArgs {
+pub(crate) struct TestArgs {
     /// Only the checks that need no root: fmt, clippy and unit tests.
     #[arg(long)]
     pub unprivileged: bool,
@@ -11,7 +11,7 @@ pub struct TestArgs {
 }
 
 #[derive(clap::Args)]
-pub struct KernelArgs {
+pub(crate) struct KernelArgs {
     /// Kernels of the matrix to boot under QEMU: a comma-separated list of
     /// 6.1 and 6.12, `all` or `none`.
     #[arg(long, default_value = "all")]
@@ -27,7 +27,7 @@ pub struct KernelArgs {
 
 /// The kernel matrix alone (it needs the release agent and test binaries,
 /// which it builds).
-pub fn run_kernels(args: &KernelArgs) -> anyhow::Result<()> {
+pub(crate) fn run_kernels(args: &KernelArgs) -> anyhow::Result<()> {
     let kernels = crate::kernels::select(&args.kernels)?;
     crate::build()?;
     crate::vm::run_matrix(
@@ -39,7 +39,7 @@ pub fn run_kernels(args: &KernelArgs) -> anyhow::Result<()> {
     )
 }
 
-pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &TestArgs) -> anyhow::Result<()> {
     // A bad --kernels fails before anything runs.
     crate::kernels::select(&args.kernels.kernels)?;
     cargo(&["fmt", "--all", "--", "--check"])?;

@@ -55,7 +55,7 @@ const BOOTED: &str = "RAMPART-VM-BOOTED";
 const RESULT: &str = "RAMPART-VM-RESULT";
 const DONE: &str = "RAMPART-VM-DONE";
 
-pub struct Options {
+pub(crate) struct Options {
     /// Longest a boot may take, tests included.
     pub timeout: Duration,
     /// Run only this test binary, with this name filter (for iterating on
@@ -94,7 +94,7 @@ impl Plan {
 
 /// Boots each kernel with the suite; fails on the first kernel whose
 /// program is rejected or whose tests fail, after printing its log.
-pub fn run_matrix(kernels: &[&'static Kernel], opts: &Options) -> anyhow::Result<()> {
+pub(crate) fn run_matrix(kernels: &[&'static Kernel], opts: &Options) -> anyhow::Result<()> {
     if kernels.is_empty() {
         return Ok(());
     }

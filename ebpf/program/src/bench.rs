@@ -5,6 +5,11 @@
 //! frames back out (XDP_TX) for live-frames throughput runs.
 #![no_std]
 #![no_main]
+#![expect(
+    unreachable_pub,
+    reason = "a BPF object is linked alone: no crate reaches its items, and its \
+              `pub extern \"C\"` functions are BPF global functions the linker exports"
+)]
 
 mod filter;
 mod maps;

@@ -2,6 +2,11 @@
 //! shared with the reference model; `filter` binds it to maps and packets.
 #![no_std]
 #![no_main]
+#![expect(
+    unreachable_pub,
+    reason = "a BPF object is linked alone: no crate reaches its items, and its \
+              `pub extern \"C\"` functions are BPF global functions the linker exports"
+)]
 
 mod filter;
 mod maps;
