@@ -218,7 +218,7 @@ async fn count_requests(State(shared): Shr, req: Request, next: Next) -> Respons
 
 async fn status(State(s): Shr) -> Response {
     let core = lock(&s.core);
-    let tables = core.table_fill();
+    let tables = core.table_fill(&core.dp.bans().unwrap_or_default());
     Json(Status {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_secs: core.started.elapsed().as_secs(),

@@ -384,7 +384,7 @@ impl Metrics {
         let bans = core.dp.bans().unwrap_or_default();
         self.bans_active
             .set(bans.iter().filter(|(_, b)| b.expires_ns > now).count() as i64);
-        for t in core.table_fill() {
+        for t in core.table_fill(&bans) {
             self.map_entries
                 .with_label_values(&[&t.table])
                 .set(t.entries as i64);

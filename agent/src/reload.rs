@@ -62,11 +62,14 @@ pub fn sync_interfaces(shared: &Shared) {
                     .and_then(|prog| attach::attach(prog, &shared.pin_dir, name, mode));
                 match res {
                     Ok(s) => {
-                        let counted = core.assign_iface_slot(ifindex, slot);
-                        if let Err(e) = &counted {
-                            tracing::warn!(interface = %name, ifindex, "could not give the interface its counter slot: {e}");
-                        } else if counted.is_ok_and(|c| !c) {
-                            tracing::warn!(interface = %name, ifindex, "no counter slot for this interface: its packets are counted as interface \"other\"");
+                        match core.assign_iface_slot(ifindex, slot) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::warn!(interface = %name, ifindex, "no counter slot for this interface: its packets are counted as interface \"other\"")
+                            }
+                            Err(e) => {
+                                tracing::warn!(interface = %name, ifindex, "could not give the interface its counter slot: {e}")
+                            }
                         }
                         tracing::info!(interface = %name, mode = %s.mode, ifindex, "attached");
                         s

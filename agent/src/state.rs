@@ -17,7 +17,7 @@ use serde::Serialize;
 pub use crate::api::{BanRow, EntryRow, ReloadStatus};
 use crate::{
     clock,
-    config::{Malformed, PerFamily, Validated},
+    config::{ListFull, Malformed, PerFamily, Validated},
     datapath::{Datapath, DatapathError},
     host,
     persist::{SavedBan, State},
@@ -444,17 +444,11 @@ impl Core {
                 )));
             }
         }
-        let new = prefixes
-            .iter()
-            .filter(|p| !self.entries.contains_key(&(kind, **p)));
-        self.dp
-            .capacities()
-            .check_room(kind, self.dp.list_len(kind).into(), PerFamily::count(new))
-            .map_err(|full| {
-                CoreError::Refused(format!(
-                    "{full}; nothing was added (raise [capacity] and restart, or remove entries)"
-                ))
-            })?;
+        self.room_for(kind, prefixes).map_err(|full| {
+            CoreError::Refused(format!(
+                "{full}; nothing was added (raise [capacity] and restart, or remove entries)"
+            ))
+        })?;
         let now = clock::unix_now();
         let origin: Arc<str> = Arc::from(origin);
         // In key order: the registry's inserts then walk the tree in step
@@ -516,6 +510,16 @@ impl Core {
         }
         self.dirty = true;
         Ok(prefixes.len())
+    }
+
+    /// Whether `kind` has room for those of `prefixes` it does not hold yet.
+    fn room_for(&self, kind: List, prefixes: &[Prefix]) -> Result<(), ListFull> {
+        let new = prefixes
+            .iter()
+            .filter(|p| !self.entries.contains_key(&(kind, **p)));
+        self.dp
+            .capacities()
+            .check_room(kind, self.dp.list_len(kind).into(), PerFamily::count(new))
     }
 
     /// Removes the runtime entries among `prefixes` that `origin` added;

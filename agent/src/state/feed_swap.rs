@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{Core, CoreError, entry_for};
 use rampart_common::decide::List;
 
-use crate::{config::PerFamily, feed::MAX_FEEDS, prefix::OverlapIndex, prefix::Prefix};
+use crate::{feed::MAX_FEEDS, prefix::OverlapIndex, prefix::Prefix};
 
 /// What one feed version did to the lists.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -183,18 +183,11 @@ impl Core {
 
     /// Refuses a version whose new entries do not fit; the old one stays.
     fn check_room(&self, kind: List, arriving: &[Prefix], name: &str) -> Result<(), CoreError> {
-        let new = arriving
-            .iter()
-            .filter(|p| !self.entries.contains_key(&(kind, **p)));
-        self.dp
-            .capacities()
-            .check_room(kind, self.dp.list_len(kind).into(), PerFamily::count(new))
-            .map_err(|full| {
-                CoreError::Refused(format!(
-                    "feed {name} does not fit: {full}; the last good version stays (raise [capacity] and restart)"
-                ))
-            })?;
-        Ok(())
+        self.room_for(kind, arriving).map_err(|full| {
+            CoreError::Refused(format!(
+                "feed {name} does not fit: {full}; the last good version stays (raise [capacity] and restart)"
+            ))
+        })
     }
 }
 

@@ -3,12 +3,15 @@
 //! The control API's `stats` and `status` and the metrics scrape all read
 //! these, so they cannot disagree on a name or a number.
 use rampart_common::{
-    abi::{self, action, counter_index, map_name, reason},
+    abi::{self, BanEntry, action, counter_index, map_name, reason},
     decide::List,
 };
 
 use super::{Core, CoreError};
-use crate::api::{StatRow, TableFill};
+use crate::{
+    api::{StatRow, TableFill},
+    prefix::Prefix,
+};
 
 /// The counter slot of interfaces without their own (see
 /// `Core::assign_iface_slot`), and its name.
@@ -43,14 +46,14 @@ impl Core {
 
     /// Entries and capacity of every table, named by its map (and pin file).
     /// The rate table counts sources (four per set), as last counted by
-    /// housekeeping.
-    pub fn table_fill(&self) -> Vec<TableFill> {
+    /// housekeeping. `bans` is `dp.bans()`, which the caller may need too:
+    /// the ban tables are walked once.
+    pub fn table_fill(&self, bans: &[(Prefix, BanEntry)]) -> Vec<TableFill> {
         let caps = self.dp.capacities();
         let (a4, a6) = self.dp.list_len(List::Allow);
         let (b4, b6) = self.dp.list_len(List::Block);
         let (sa4, sa6) = self.dp.list_spilled(List::Allow);
         let (sb4, sb6) = self.dp.list_spilled(List::Block);
-        let bans = self.dp.bans().unwrap_or_default();
         let ban4 = bans.iter().filter(|(p, _)| p.is_ipv4()).count() as u64;
         let fill = |table: &str, entries: u64, capacity: u32| TableFill {
             table: table.into(),
