@@ -34,6 +34,8 @@ pub struct Config {
     #[serde(default)]
     pub capacity: Capacities,
     #[serde(default)]
+    pub flood: FloodSection,
+    #[serde(default)]
     pub protected: ProtectedSection,
     #[serde(default)]
     pub allowlist: ListSection,
@@ -97,6 +99,29 @@ impl Default for AgentSection {
             state_dir: PathBuf::from("/var/lib/rampart"),
             log_format: LogFormat::Text,
             bpffs: PathBuf::from("/sys/fs/bpf/rampart"),
+        }
+    }
+}
+
+/// Flood defence settings for the whole host (each policy sets its own
+/// SYN cookie mode and newcomer budget).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FloodSection {
+    /// How long a source that proved it can receive (a valid SYN cookie, or
+    /// an established connection) skips the cookie challenge and the
+    /// newcomer budget.
+    #[serde(with = "humantime_serde")]
+    pub verified_ttl: Duration,
+}
+
+/// Longest `verified_ttl`: a day; past it an address may well have changed hands.
+pub const MAX_VERIFIED_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for FloodSection {
+    fn default() -> Self {
+        Self {
+            verified_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -326,6 +351,17 @@ pub fn parse(text: &str, file: &str) -> Result<Validated, ConfigErrors> {
             0..0,
             "capacity.rate_sets".into(),
             format!("must be 1 to 4194304, got {}", caps.rate_sets),
+        );
+    }
+    let ttl = config.flood.verified_ttl;
+    if ttl < Duration::from_secs(1) || ttl > MAX_VERIFIED_TTL {
+        err(
+            0..0,
+            "flood.verified_ttl".into(),
+            format!(
+                "must be between 1s and 24h, got {}",
+                humantime::format_duration(ttl)
+            ),
         );
     }
     let mut abi_count = 0;

@@ -68,6 +68,55 @@ pub struct PolicySpec {
     pub ban_max: Duration,
     #[serde(default)]
     pub dry_run: bool,
+    /// TCP only: answer SYNs from unverified sources with SYN cookies from
+    /// the program, always (`on`) or only during a SYN flood (`auto`).
+    #[serde(default)]
+    pub syn_cookies: SynCookies,
+    /// `auto`: SYNs per second to the policy's ports (whole host) over which
+    /// cookie mode engages.
+    #[serde(default = "default_syn_above")]
+    pub syn_cookies_above: u32,
+    /// Packets per second, all together, from sources the policy does not
+    /// track yet (0: no budget).
+    #[serde(default = "default_new_sources_pps")]
+    pub new_sources_pps: u64,
+    /// The newcomer budget's bucket size (default: twice `new_sources_pps`).
+    #[serde(default)]
+    pub new_sources_burst: Option<u64>,
+}
+
+/// [`PolicySpec::syn_cookies`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynCookies {
+    #[default]
+    Off,
+    On,
+    Auto,
+}
+
+impl SynCookies {
+    fn abi(self) -> u8 {
+        match self {
+            Self::Off => abi::syn_cookies::OFF,
+            Self::On => abi::syn_cookies::ON,
+            Self::Auto => abi::syn_cookies::AUTO,
+        }
+    }
+}
+
+/// SYNs per second over which `auto` engages: well above what an API host
+/// accepts in normal use, far below any flood worth the name.
+pub const DEFAULT_SYN_ABOVE: u32 = 2000;
+/// New sources per second a policy admits in total: a busy API host sees a
+/// few hundred new clients a second; a spoofed flood, millions.
+pub const DEFAULT_NEW_SOURCES_PPS: u64 = 5000;
+
+fn default_syn_above() -> u32 {
+    DEFAULT_SYN_ABOVE
+}
+fn default_new_sources_pps() -> u64 {
+    DEFAULT_NEW_SOURCES_PPS
 }
 
 fn default_v4_prefix() -> u8 {
@@ -208,6 +257,37 @@ impl PolicySpec {
                 self.ban_repeat_factor
             ));
         }
+        if self.syn_cookies != SynCookies::Off && self.protocol != Protocol::Tcp {
+            return Err(format!(
+                "policy '{n}': syn_cookies applies only to protocol = \"tcp\" (this policy is \"{}\"); \
+                 set syn_cookies = \"off\" or make the policy TCP",
+                format!("{:?}", self.protocol).to_lowercase()
+            ));
+        }
+        if self.syn_cookies == SynCookies::Auto && self.syn_cookies_above == 0 {
+            return Err(format!(
+                "policy '{n}': syn_cookies_above must be at least 1 SYN per second (use syn_cookies = \"on\" to answer every SYN)"
+            ));
+        }
+        if self.new_sources_pps > MAX_RATE {
+            return Err(format!(
+                "policy '{n}': new_sources_pps must be 0 (no budget) to {MAX_RATE}, got {}",
+                self.new_sources_pps
+            ));
+        }
+        match (self.new_sources_pps, self.new_sources_burst) {
+            (0, Some(_)) => {
+                return Err(format!(
+                    "policy '{n}': new_sources_burst needs new_sources_pps above 0"
+                ));
+            }
+            (_, Some(b)) if b == 0 || b > MAX_BURST => {
+                return Err(format!(
+                    "policy '{n}': new_sources_burst must be 1 to {MAX_BURST}, got {b}"
+                ));
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -223,6 +303,12 @@ impl PolicySpec {
         };
         let pps_fill = fill_ns(self.pps, burst);
         let bps_fill = fill_ns(bps, bytes_burst);
+        let new_burst = if self.new_sources_pps == 0 {
+            0
+        } else {
+            self.new_sources_burst
+                .unwrap_or(self.new_sources_pps.saturating_mul(2).min(MAX_BURST))
+        };
         let idle = Duration::from_nanos(pps_fill.max(bps_fill)).max(MIN_IDLE);
         let base = Policy {
             proto: self.protocol.abi(),
@@ -246,6 +332,13 @@ impl PolicySpec {
             idle_ns: idle.as_nanos() as u64,
             ban_base_ns: self.ban_time.as_nanos() as u64,
             ban_max_ns: self.ban_max.as_nanos() as u64,
+            new_pps: self.new_sources_pps,
+            new_burst,
+            new_fill_ns: fill_ns(self.new_sources_pps, new_burst),
+            syn_above: self.syn_cookies_above,
+            syn_cookies: self.syn_cookies.abi(),
+            group: 0,
+            pad: [0; 2],
         };
         if self.ports.is_empty() {
             return vec![base];
@@ -284,6 +377,27 @@ impl PolicySpec {
             ban_repeat_factor: default_ban_factor(),
             ban_max: default_ban_max(),
             dry_run: false,
+            syn_cookies: SynCookies::Off,
+            syn_cookies_above: DEFAULT_SYN_ABOVE,
+            new_sources_pps: DEFAULT_NEW_SOURCES_PPS,
+            new_sources_burst: None,
         }
     }
+}
+
+/// The kernel's policy array for policies in order, each entry with the name
+/// of the policy it came from. The entries of one policy share its first
+/// entry's flood-defence state (`group`): its SYN rate and newcomer budget
+/// are the policy's, whatever its port ranges.
+pub fn kernel_policies<'a>(
+    specs: impl IntoIterator<Item = &'a PolicySpec>,
+) -> Vec<(String, Policy)> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let group = out.len().min(u8::MAX as usize) as u8;
+        for e in spec.to_abi() {
+            out.push((spec.name.clone(), Policy { group, ..e }));
+        }
+    }
+    out
 }

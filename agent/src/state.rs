@@ -21,6 +21,7 @@ use crate::{
     datapath::{Datapath, DatapathError},
     host,
     persist::{SavedBan, State},
+    policy,
     prefix::Prefix,
 };
 
@@ -304,6 +305,7 @@ impl Core {
             k.malformed_pass = u32::from(c.agent.malformed == Malformed::Pass);
             k.sample_every = c.events.sample_every;
             k.sample_cap_per_sec = c.events.max_per_second;
+            k.verified_ttl_ns = c.flood.verified_ttl.as_nanos() as u64;
         })?;
         let old_dry = self.cfg.config.blocklist.dry_run;
         self.cfg = new;
@@ -345,14 +347,10 @@ impl Core {
         self.protected = protected;
 
         // Policies keep their index, so unchanged ones keep their buckets.
-        let mut abi: Vec<Policy> = Vec::new();
-        let mut names = Vec::new();
-        for p in &self.cfg.config.policies {
-            for e in p.get_ref().to_abi() {
-                abi.push(e);
-                names.push(p.get_ref().name.clone());
-            }
-        }
+        let (names, abi): (Vec<String>, Vec<Policy>) =
+            policy::kernel_policies(self.cfg.config.policies.iter().map(|p| p.get_ref()))
+                .into_iter()
+                .unzip();
         self.dp.set_policies(&abi)?;
         self.policy_names = names;
         self.count_entries();

@@ -20,6 +20,8 @@ fn main() {
         "rampart_start_ban",
         "rampart_meter",
         "rampart_sample",
+        "rampart_syn_answer",
+        "rampart_ack_check",
     ] {
         println!("cargo:rustc-link-arg-bins=--export={probe}");
     }

@@ -11,6 +11,7 @@ mod bench;
 pub use bench::BENCH_OBJECT;
 mod bans;
 mod counters;
+mod flood;
 mod lists;
 mod view;
 use lists::LenCounts;
@@ -27,8 +28,9 @@ use aya::{
 };
 use rampart_common::{
     abi::{
-        BanEntry, CONFIG_SLOTS, Config, Counter, MAX_PREFIX_LENS, PROGRAM_NAME, Policy, PrefixLens,
-        RateBuckets, RateExtra, RateSet, V4Key, V6Key, list_table_index, map_name,
+        Addr, BanEntry, CONFIG_SLOTS, Config, Counter, FloodState, MAX_PREFIX_LENS, PROGRAM_NAME,
+        Policy, PrefixLens, RateBuckets, RateExtra, RateSet, V4Key, V6Key, Verified,
+        list_table_index, map_name,
     },
     decide::List,
     list_table::{self, WAYS},
@@ -65,6 +67,9 @@ pub struct Datapath {
     rate_sets: Array<MapData, RateSet>,
     rate_buckets: Array<MapData, RateBuckets>,
     rate_extra: Array<MapData, RateExtra>,
+    flood: Array<MapData, FloodState>,
+    verified_v4: HashMap<MapData, u32, Verified>,
+    verified_v6: HashMap<MapData, Addr, Verified>,
     events: Option<RingBuf<MapData>>,
     allow_lens: LenCounts,
     block_lens: LenCounts,
@@ -262,6 +267,9 @@ impl Datapath {
             rate_sets: take!(map_name::RATE_SETS),
             rate_buckets: take!(map_name::RATE_BUCKETS),
             rate_extra: take!(map_name::RATE_EXTRA),
+            flood: take!(map_name::FLOOD),
+            verified_v4: take!(map_name::VERIFIED_V4),
+            verified_v6: take!(map_name::VERIFIED_V6),
             events: Some(take!(map_name::EVENTS)),
             ebpf,
             allow_lens: LenCounts::default(),

@@ -1,8 +1,14 @@
 //! The live maps as the shared decision code reads them, for `explain`.
 use aya::maps::MapError;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use rampart_common::{
-    abi::{BanEntry, ListEntry, Policy, RateBuckets, RateExtra, RateSet, V4Key, V6Key, slash24},
-    decide::{BanStarted, List, Tables},
+    abi::{
+        BanEntry, FloodState, ListEntry, Policy, RateBuckets, RateExtra, RateSet, V4Key, V6Key,
+        slash24,
+    },
+    decide::{AckCheck, BanStarted, List, Tables},
+    parse::{Packet, Source},
 };
 
 use super::Datapath;
@@ -68,6 +74,32 @@ impl Tables for ReadOnlyView<'_> {
         let mut buckets = self.0.rate_buckets.get(&index, 0).ok()?;
         let mut extra = self.0.rate_extra.get(&index, 0).ok()?;
         Some(f(&mut set, &mut buckets, &mut extra))
+    }
+
+    fn with_flood<R>(&self, group: u32, f: impl FnOnce(&mut FloodState) -> R) -> Option<R> {
+        let mut fs = self.0.flood.get(&group, 0).ok()?;
+        Some(f(&mut fs))
+    }
+
+    fn verified(&self, src: &Source, now: u64) -> bool {
+        let b = src.addr.to_bytes();
+        let ip = if src.family == 4 {
+            IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(b))
+        };
+        self.0.verified(ip).is_some_and(|v| now < v.expires_ns)
+    }
+
+    fn set_verified(&self, _src: &Source, _expires_ns: u64) {}
+
+    /// As if a listener answered: what the program does while one listens.
+    fn challenge(&self, _pkt: &Packet) -> bool {
+        true
+    }
+
+    fn check_ack(&self, _pkt: &Packet) -> AckCheck {
+        AckCheck::NoSocket
     }
 
     fn count(&self, _stat: u32) {}

@@ -6,7 +6,7 @@
 
 /// Bumped whenever a map's key or value layout changes; pins live under a
 /// directory named after it so an agent never adopts maps it cannot read.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map names as the kernel and the pin directory see them (at most 15 bytes).
 pub mod map_name {
@@ -49,6 +49,9 @@ pub mod map_name {
         /// The sampler's and the clock cache's per-CPU state.
         SAMPLER,
         CLOCK,
+        FLOOD,
+        VERIFIED_V4,
+        VERIFIED_V6,
     );
 }
 
@@ -90,8 +93,13 @@ pub mod action {
     pub const DROP: u8 = 1;
     /// Would have been dropped, but dry-run let it pass.
     pub const WOULD_DROP: u8 = 2;
-    pub const COUNT: usize = 3;
-    pub const NAMES: [&str; COUNT] = ["pass", "drop", "would_drop"];
+    /// Answered by the program itself (a SYN-ACK carrying a SYN cookie,
+    /// sent back with `XDP_TX`): the packet never reaches the stack.
+    pub const CHALLENGE: u8 = 3;
+    /// Under dry-run: would have been answered with a SYN cookie; passed.
+    pub const WOULD_CHALLENGE: u8 = 4;
+    pub const COUNT: usize = 5;
+    pub const NAMES: [&str; COUNT] = ["pass", "drop", "would_drop", "challenge", "would_challenge"];
 }
 
 /// Why it happened. Indexes the counters.
@@ -104,7 +112,14 @@ pub mod reason {
     pub const RATELIMIT: u8 = 4;
     pub const MALFORMED: u8 = 5;
     pub const NON_IP: u8 = 6;
-    pub const COUNT: usize = 7;
+    /// A SYN answered with a SYN cookie (flood defence).
+    pub const SYN_COOKIE: u8 = 7;
+    /// An ACK from an unverified source whose cookie the kernel rejected.
+    pub const BAD_COOKIE: u8 = 8;
+    /// A packet of a source the policy does not track, over the policy's
+    /// newcomer budget.
+    pub const NEWCOMER: u8 = 9;
+    pub const COUNT: usize = 10;
     pub const NAMES: [&str; COUNT] = [
         "none",
         "allowlist",
@@ -113,6 +128,9 @@ pub mod reason {
         "ratelimit",
         "malformed",
         "non_ip",
+        "syn_cookie",
+        "bad_cookie",
+        "newcomer_budget",
     ];
 }
 
@@ -154,7 +172,15 @@ pub mod stat {
     pub const BAN_TABLE_FULL: u32 = 5;
     /// Drop samples skipped by the per-second cap.
     pub const SAMPLES_CAPPED: u32 = 6;
-    pub const COUNT: u32 = 8;
+    /// ACKs whose SYN cookie the kernel accepted: their source is verified.
+    pub const COOKIES_VALID: u32 = 7;
+    /// SYNs that cookie mode would have answered but could not: no listener
+    /// in this network namespace, or the kernel refused a cookie (its
+    /// `tcp_syncookies` is 0). They went on to the stack, metered.
+    pub const COOKIE_FALLBACK: u32 = 8;
+    /// Sources proven by an established connection (not a cookie): verified.
+    pub const VERIFIED_BY_SOCKET: u32 = 9;
+    pub const COUNT: u32 = 12;
 }
 
 /// Global flags in [`Config::flags`].
@@ -165,6 +191,9 @@ pub mod config_flag {
     /// generation and its leaving entries hidden from the next one, then
     /// this bit flips, in one config publish (see [`super::entry_flag`]).
     pub const LIST_GEN1: u32 = 2;
+    /// SYN cookies cannot work on this host (the agent found
+    /// `net.ipv4.tcp_syncookies` off or missing): never challenge.
+    pub const NO_SYN_COOKIES: u32 = 4;
 }
 
 /// Longest list of distinct prefix lengths a list can use per family.
@@ -232,6 +261,8 @@ pub struct Config {
     /// Bucket count minus one of each list table ([`crate::list_table`]),
     /// indexed by [`list_table_index`]. List lookups hash with `hash_seed`.
     pub list_masks: [u32; 4],
+    /// How long a source stays verified after it last proved itself.
+    pub verified_ttl_ns: u64,
 }
 
 /// The index of a list table in [`Config::list_masks`]: allow v4, allow
@@ -288,6 +319,19 @@ impl Addr {
     }
 
     /// An IPv4 address from its four bytes loaded as one native-order word.
+    /// The address as four 32-bit words in memory order (network order
+    /// within each), as the kernel's socket tuples hold it.
+    #[inline(always)]
+    pub const fn to_words32(self) -> [u32; 4] {
+        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = self.to_bytes();
+        [
+            u32::from_ne_bytes([a, b, c, d]),
+            u32::from_ne_bytes([e, f, g, h]),
+            u32::from_ne_bytes([i, j, k, l]),
+            u32::from_ne_bytes([m, n, o, p]),
+        ]
+    }
+
     #[inline(always)]
     pub const fn from_v4_word(w: u32) -> Self {
         let first = if cfg!(target_endian = "little") {
@@ -401,6 +445,54 @@ pub mod policy_flag {
     pub const HAS_PORTS: u8 = 2;
 }
 
+/// [`Policy::syn_cookies`]: how a TCP policy answers SYNs from unverified
+/// sources.
+pub mod syn_cookies {
+    pub const OFF: u8 = 0;
+    /// Always, with a SYN cookie from the program.
+    pub const ON: u8 = 1;
+    /// Only while the policy's SYN rate is over `syn_above` (with hysteresis).
+    pub const AUTO: u8 = 2;
+}
+
+/// SYN-rate windows under half of `syn_above` after which `auto` cookie
+/// mode disengages.
+pub const CALM_WINDOWS: u32 = 10;
+/// The length of a SYN-rate window.
+pub const SYN_WINDOW_NS: u64 = 1_000_000_000;
+
+/// Per-policy flood-defence state, an entry of `FLOOD` (indexed by
+/// [`Policy::group`], so the ranges of one configured policy share it):
+/// the SYN rate `auto` cookie mode watches, and the newcomer budget.
+/// Shared by all CPUs and written without atomics: a lost update costs a
+/// count or a token, never a wrong packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodState {
+    /// Start of the current SYN window (monotonic ns).
+    pub window_start_ns: u64,
+    /// SYNs counted in the current window.
+    pub syns: u32,
+    /// 1 while `auto` cookie mode is engaged.
+    pub engaged: u32,
+    /// Consecutive calm windows while engaged.
+    pub calm: u32,
+    /// SYNs in the last whole window (for status and metrics).
+    pub last_window_syns: u32,
+    /// The newcomer budget: tokens (units of 1e-9 packet) and last refill.
+    pub newcomer_tokens: u64,
+    pub newcomer_last_ns: u64,
+}
+
+/// A verified source: when it stops being one (monotonic ns). Values of
+/// the LRU tables `VERIFIED_V4` (keyed by the address word) and
+/// `VERIFIED_V6` (keyed by [`Addr`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verified {
+    pub expires_ns: u64,
+}
+
 pub const MAX_POLICIES: u32 = 32;
 
 /// One rate-limit policy, an entry of the `POLICIES` array. Derived values
@@ -433,6 +525,19 @@ pub struct Policy {
     pub idle_ns: u64,
     pub ban_base_ns: u64,
     pub ban_max_ns: u64,
+    /// The newcomer budget: packets per second, burst and fill time, shared
+    /// by every source the policy does not track yet. `new_pps` 0: none.
+    pub new_pps: u64,
+    pub new_burst: u64,
+    pub new_fill_ns: u64,
+    /// `auto` cookie mode engages over this many SYNs per second.
+    pub syn_above: u32,
+    /// A [`syn_cookies`] constant.
+    pub syn_cookies: u8,
+    /// The index of the first entry of the same configured policy: its
+    /// `FLOOD` entry.
+    pub group: u8,
+    pub pad: [u8; 2],
 }
 
 pub const RATE_WAYS: usize = 4;
@@ -538,13 +643,15 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Counter>() == 16);
     assert!(size_of::<PrefixLens>() == 48);
-    assert!(size_of::<Config>() == 32 + 6 * 48 + 16);
+    assert!(size_of::<Config>() == 32 + 6 * 48 + 16 + 8);
     assert!(size_of::<Addr>() == 16);
     assert!(size_of::<V4Key>() == 8);
     assert!(size_of::<V6Key>() == 24);
     assert!(size_of::<ListEntry>() == 16);
     assert!(size_of::<BanEntry>() == 16);
-    assert!(size_of::<Policy>() == 16 + 9 * 8);
+    assert!(size_of::<Policy>() == 16 + 12 * 8 + 8);
+    assert!(size_of::<FloodState>() == 40);
+    assert!(size_of::<Verified>() == 8);
     assert!(size_of::<RateSet>() == 32);
     assert!(size_of::<RateBuckets>() == 64);
     assert!(size_of::<RateExtra>() == 64);

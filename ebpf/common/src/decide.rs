@@ -1,17 +1,22 @@
 //! The decision order, written once for the kernel and the reference model:
-//! allowlist, blocklist, bans, malformed check, rate-limit policies, pass.
+//! allowlist, blocklist, bans, malformed check, then the first policy that
+//! matches: its flood defence (SYN cookies, for unverified sources), its
+//! newcomer budget (for sources it does not track yet) and its per-source
+//! rate limit; else pass.
 //!
 //! Table access goes through [`Tables`]; the kernel implements it over BPF
 //! maps, [`crate::model`] over plain collections.
 use crate::{
     abi::{
-        Addr, BanEntry, Config, ListEntry, MAX_POLICIES, MAX_PREFIX_LENS, NO_POLICY, Policy,
-        PrefixLens, RATE_TICK_SHIFT, RATE_WAYS, RateBuckets, RateExtra, RateSet, V4Key, V6Key,
-        action, config_flag, entry_flag, policy_flag, proto, reason, slash24, stat,
+        Addr, BanEntry, Config, FloodState, ListEntry, MAX_POLICIES, MAX_PREFIX_LENS, NO_POLICY,
+        Policy, PrefixLens, RATE_TICK_SHIFT, RATE_WAYS, RateBuckets, RateExtra, RateSet, V4Key,
+        V6Key, action, config_flag, entry_flag, policy_flag, proto, reason, slash24, stat,
+        syn_cookies,
     },
     addr::{mask_v4_word, mask_v6, rate_hash, v4_key_word, v4_len, v6_key},
     bucket::{SCALE, refill, scaled},
-    parse::{Packet, Parsed, Source, ipproto},
+    flood::{cookies_engaged, count_syn, take_newcomer},
+    parse::{Packet, Parsed, Source, ipproto, tcp_flag},
 };
 
 /// Which address list: the one spelling of allow/block, in the kernel's
@@ -75,6 +80,20 @@ impl Verdict {
     }
 }
 
+/// What the kernel found for an ACK from an unverified source to a port
+/// in cookie mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckCheck {
+    /// No socket matched, or one the check cannot judge: decided as usual.
+    NoSocket,
+    /// It belongs to an established connection: the source is real.
+    Established,
+    /// It completes a handshake with a SYN cookie the kernel accepts.
+    ValidCookie,
+    /// It reached a listener without a valid cookie.
+    BadCookie,
+}
+
 /// A ban the decision started, for the ring buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BanStarted {
@@ -111,6 +130,17 @@ pub trait Tables {
         index: u32,
         f: impl FnOnce(&mut RateSet, &mut RateBuckets, &mut RateExtra) -> R,
     ) -> Option<R>;
+    /// Runs `f` on a policy group's flood-defence state (`FLOOD`).
+    fn with_flood<R>(&self, group: u32, f: impl FnOnce(&mut FloodState) -> R) -> Option<R>;
+    /// Whether the source is verified (proved it can receive) at `now`.
+    fn verified(&self, src: &Source, now: u64) -> bool;
+    /// Records the source as verified until `expires_ns`.
+    fn set_verified(&self, src: &Source, expires_ns: u64);
+    /// Answers a SYN with a SYN-ACK carrying a SYN cookie from the local
+    /// listener; false when there is none, or the kernel gave no cookie.
+    fn challenge(&self, pkt: &Packet) -> bool;
+    /// Looks at an ACK from an unverified source to a port in cookie mode.
+    fn check_ack(&self, pkt: &Packet) -> AckCheck;
     /// Adds one to a [`stat`] counter.
     fn count(&self, stat: u32);
     /// Announces a ban to user space.
@@ -217,14 +247,15 @@ pub fn decide<T: Tables, F: Fn() -> u64>(
     if find_list(t, cfg, List::Allow, src, clock).is_some() {
         return Verdict::new(action::PASS, reason::ALLOWLIST);
     }
-    // The first rule that would have dropped the packet under dry-run.
+    // The first rule that would have acted on the packet but for dry-run,
+    // as it is counted (`would_drop`, `would_challenge`).
     let mut would: Option<Verdict> = None;
     if let Some(entry) = find_list(t, cfg, List::Block, src, clock) {
         let v = Verdict::new(action::DROP, reason::BLOCKLIST);
         if !global_dry && entry.flags & entry_flag::DRY_RUN == 0 {
             return v;
         }
-        would.get_or_insert(v);
+        would.get_or_insert(dry(v));
     }
     let now = clock();
     if find_ban(t, cfg, src, now) {
@@ -232,33 +263,126 @@ pub fn decide<T: Tables, F: Fn() -> u64>(
         if !global_dry {
             return v;
         }
-        would.get_or_insert(v);
+        would.get_or_insert(dry(v));
     }
     let Some(pkt) = pkt else {
         return match would {
-            Some(w) if cfg.malformed_pass != 0 => dry(w),
+            Some(w) if cfg.malformed_pass != 0 => w,
             _ => malformed(cfg, global_dry),
         };
     };
 
     if let Some((index, policy)) = first_policy(t, cfg, pkt) {
+        let dry_run = global_dry || policy.flags & policy_flag::DRY_RUN != 0;
+        if policy.syn_cookies != syn_cookies::OFF && pkt.proto == ipproto::TCP {
+            match syn_defence(t, cfg, policy, pkt, now, dry_run) {
+                Defence::Answered if dry_run => {
+                    would.get_or_insert(Verdict {
+                        action: action::WOULD_CHALLENGE,
+                        reason: reason::SYN_COOKIE,
+                        policy: index as u8,
+                    });
+                }
+                Defence::Answered => {
+                    return Verdict {
+                        action: action::CHALLENGE,
+                        reason: reason::SYN_COOKIE,
+                        policy: index as u8,
+                    };
+                }
+                Defence::BadCookie => {
+                    let mut v = Verdict::new(action::DROP, reason::BAD_COOKIE);
+                    v.policy = index as u8;
+                    if !dry_run {
+                        return v;
+                    }
+                    would.get_or_insert(dry(v));
+                }
+                Defence::Meter => {}
+            }
+        }
         let metered = t.meter(cfg, index, src, len, now);
-        if metered.ban_due && !global_dry && policy.flags & policy_flag::DRY_RUN == 0 {
+        if metered.ban_due && !dry_run {
             t.start_ban(policy, index, src, now);
         }
         if !metered.conforms {
-            let mut v = Verdict::new(action::DROP, reason::RATELIMIT);
+            let why = if metered.newcomer {
+                reason::NEWCOMER
+            } else {
+                reason::RATELIMIT
+            };
+            let mut v = Verdict::new(action::DROP, why);
             v.policy = index as u8;
-            if !global_dry && policy.flags & policy_flag::DRY_RUN == 0 {
+            if !dry_run {
                 return v;
             }
-            would.get_or_insert(v);
+            would.get_or_insert(dry(v));
         }
     }
     match would {
-        Some(w) => dry(w),
+        Some(w) => w,
         None => Verdict::new(action::PASS, reason::NONE),
     }
+}
+
+/// What a TCP policy's flood defence does with a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Defence {
+    /// A SYN answered (or, under dry-run, that would have been).
+    Answered,
+    /// An ACK without a valid cookie: dropped.
+    BadCookie,
+    /// On to metering.
+    Meter,
+}
+
+/// SYN cookies for a TCP policy: SYNs count toward `auto` mode; while it is
+/// engaged, an unverified source's SYN is answered by the program and its
+/// ACKs are checked. Whatever the check cannot judge is metered as usual.
+/// Under dry-run the SYN is not answered (the caller counts it), while the
+/// ACK check, which only reads, still runs.
+#[inline(always)]
+fn syn_defence<T: Tables>(
+    t: &T,
+    cfg: &Config,
+    policy: &Policy,
+    pkt: &Packet,
+    now: u64,
+    dry_run: bool,
+) -> Defence {
+    let flags = pkt.tcp_flags;
+    let syn = flags & (tcp_flag::SYN | tcp_flag::ACK | tcp_flag::RST) == tcp_flag::SYN;
+    let ack = flags & (tcp_flag::SYN | tcp_flag::ACK | tcp_flag::RST) == tcp_flag::ACK;
+    if pkt.later_fragment || !(syn || ack) {
+        return Defence::Meter;
+    }
+    let engaged = t
+        .with_flood(policy.group as u32, |fs| {
+            if syn {
+                count_syn(fs, policy, now);
+            }
+            cookies_engaged(fs, policy)
+        })
+        .unwrap_or(false);
+    if !engaged || cfg.flags & config_flag::NO_SYN_COOKIES != 0 || t.verified(&pkt.src, now) {
+        return Defence::Meter;
+    }
+    if syn {
+        if dry_run || t.challenge(pkt) {
+            return Defence::Answered;
+        }
+        t.count(stat::COOKIE_FALLBACK);
+        return Defence::Meter;
+    }
+    let proved = match t.check_ack(pkt) {
+        AckCheck::NoSocket => return Defence::Meter,
+        AckCheck::BadCookie => return Defence::BadCookie,
+        AckCheck::Established => stat::VERIFIED_BY_SOCKET,
+        AckCheck::ValidCookie => stat::COOKIES_VALID,
+    };
+    t.count(proved);
+    t.set_verified(&pkt.src, now.saturating_add(cfg.verified_ttl_ns));
+    Defence::Meter
 }
 
 /// The first policy, in order, that matches the packet. Kept apart from
@@ -484,13 +608,27 @@ pub struct Metered {
     pub conforms: bool,
     /// The source has exceeded them often enough to be banned.
     pub ban_due: bool,
+    /// It does not conform because the policy does not track the source
+    /// and its newcomer budget is spent.
+    pub newcomer: bool,
 }
 
 impl Metered {
     const CONFORMS: Self = Self {
         conforms: true,
         ban_due: false,
+        newcomer: false,
     };
+}
+
+/// Whether a source the policy does not track may take a way: a verified
+/// source always may, any other only within the newcomer budget.
+#[inline(always)]
+fn admit_newcomer<T: Tables>(t: &T, p: &Policy, src: &Source, now: u64) -> bool {
+    p.new_pps == 0
+        || t.verified(src, now)
+        || t.with_flood(p.group as u32, |fs| take_newcomer(fs, p, now))
+            .unwrap_or(true)
 }
 
 /// Meters one packet against policy `index`.
@@ -528,6 +666,9 @@ pub fn meter<T: Tables>(
         let (way, placed, claimed) = if found < RATE_WAYS {
             (found, Placement::Held, false)
         } else {
+            if !admit_newcomer(t, p, src, now) {
+                return (false, false, Placement::Refused);
+            }
             let victim = if free || may_have_idle_way(set, p, now) {
                 idle_way(set, buckets, p, now)
             } else {
@@ -582,7 +723,11 @@ pub fn meter<T: Tables>(
     if let Some(stat) = placed.stat() {
         t.count(stat);
     }
-    Metered { conforms, ban_due }
+    Metered {
+        conforms,
+        ban_due,
+        newcomer: placed == Placement::Refused,
+    }
 }
 
 /// Where a metered source found its way in its rate-table set.
@@ -596,6 +741,8 @@ enum Placement {
     Evicted,
     /// Every way was busy: the set's shared overflow bucket metered it.
     Overflow,
+    /// A newcomer over the policy's newcomer budget: it took nothing.
+    Refused,
 }
 
 impl Placement {
@@ -603,7 +750,7 @@ impl Placement {
     #[inline(always)]
     const fn stat(self) -> Option<u32> {
         match self {
-            Self::Held | Self::Free => None,
+            Self::Held | Self::Free | Self::Refused => None,
             Self::Evicted => Some(stat::RATE_EVICTIONS),
             Self::Overflow => Some(stat::RATE_OVERFLOW),
         }

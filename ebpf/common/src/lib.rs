@@ -10,6 +10,7 @@ pub mod abi;
 pub mod addr;
 pub mod bucket;
 pub mod decide;
+pub mod flood;
 pub mod list_table;
 pub mod parse;
 

@@ -5,15 +5,19 @@
 //! differential tests can catch where the compiled program disagrees.
 extern crate std;
 
-use std::{cell::RefCell, collections::HashMap, vec::Vec};
+use std::{
+    cell::RefCell,
+    collections::{HashMap, HashSet},
+    vec::Vec,
+};
 
 use crate::{
     abi::{
-        BanEntry, Config, ListEntry, Policy, RateBuckets, RateExtra, RateSet, V4Key, V6Key,
-        slash24, stat,
+        Addr, BanEntry, Config, FloodState, ListEntry, MAX_POLICIES, Policy, RateBuckets,
+        RateExtra, RateSet, V4Key, V6Key, slash24, stat,
     },
-    decide::{BanStarted, List, Tables, Verdict, decide},
-    parse::parse,
+    decide::{AckCheck, BanStarted, List, Tables, Verdict, decide},
+    parse::{Packet, Source, parse},
 };
 
 /// Tables of the model, one field per BPF map.
@@ -33,6 +37,15 @@ pub struct ModelTables {
     pub rate_extra: RefCell<Vec<RateExtra>>,
     pub stats: RefCell<[u64; stat::COUNT as usize]>,
     pub bans_started: RefCell<Vec<BanStarted>>,
+    pub flood: RefCell<Vec<FloodState>>,
+    /// Verified sources (family, address) and when they stop being.
+    pub verified: RefCell<HashMap<(u8, Addr), u64>>,
+    /// Ports with a local listener. The model cannot make the kernel's SYN
+    /// cookies: it answers every SYN to such a port and calls every ACK to
+    /// one a bad cookie, as the kernel does for ACKs nobody was sent.
+    pub listening: HashSet<u16>,
+    /// SYNs the model answered.
+    pub challenged: RefCell<Vec<Packet>>,
 }
 
 impl Tables for ModelTables {
@@ -112,6 +125,43 @@ impl Tables for ModelTables {
         let mut buckets = self.rate_buckets.borrow_mut();
         let mut extra = self.rate_extra.borrow_mut();
         Some(f(sets.get_mut(i)?, buckets.get_mut(i)?, extra.get_mut(i)?))
+    }
+
+    fn with_flood<R>(&self, group: u32, f: impl FnOnce(&mut FloodState) -> R) -> Option<R> {
+        let mut flood = self.flood.borrow_mut();
+        if flood.is_empty() {
+            flood.resize(MAX_POLICIES as usize, FloodState::default());
+        }
+        flood.get_mut(group as usize).map(f)
+    }
+
+    fn verified(&self, src: &Source, now: u64) -> bool {
+        self.verified
+            .borrow()
+            .get(&(src.family, src.addr))
+            .is_some_and(|&expires| now < expires)
+    }
+
+    fn set_verified(&self, src: &Source, expires_ns: u64) {
+        self.verified
+            .borrow_mut()
+            .insert((src.family, src.addr), expires_ns);
+    }
+
+    fn challenge(&self, pkt: &Packet) -> bool {
+        let answered = self.listening.contains(&pkt.dport);
+        if answered {
+            self.challenged.borrow_mut().push(*pkt);
+        }
+        answered
+    }
+
+    fn check_ack(&self, pkt: &Packet) -> AckCheck {
+        if self.listening.contains(&pkt.dport) {
+            AckCheck::BadCookie
+        } else {
+            AckCheck::NoSocket
+        }
     }
 
     fn count(&self, stat: u32) {

@@ -97,6 +97,21 @@ pub struct Packet {
     pub proto: u8,
     /// A fragment other than the first: it has no transport header.
     pub later_fragment: bool,
+    /// TCP: the flags byte ([`tcp_flag`]); 0 otherwise.
+    pub tcp_flags: u8,
+    /// Where the IP header starts (after any VLAN tags).
+    pub l3_off: u8,
+    /// Where the transport header starts (after IPv4 options or IPv6
+    /// extension headers).
+    pub l4_off: u16,
+}
+
+/// TCP flag bits, in [`Packet::tcp_flags`].
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
 }
 
 #[inline(always)]
@@ -193,6 +208,9 @@ fn parse_v4<F: Frame>(f: &F, off: usize) -> Parsed {
         later_fragment: false,
         sport: 0,
         dport: 0,
+        tcp_flags: 0,
+        l3_off: off as u8,
+        l4_off: 0,
     };
     let frag_off = u16::from_be_bytes([w1[2], w1[3]]) & 0x1fff;
     pkt.later_fragment = frag_off != 0;
@@ -229,6 +247,9 @@ fn parse_v6<F: Frame>(f: &F, off: usize) -> Parsed {
         later_fragment: false,
         sport: 0,
         dport: 0,
+        tcp_flags: 0,
+        l3_off: off as u8,
+        l4_off: 0,
     };
     let mut next = first[6];
     let mut off = off + 40;
@@ -288,9 +309,16 @@ fn parse_l4<F: Frame>(f: &F, off: usize, mut pkt: Packet) -> Parsed {
     let Some(ports) = bytes4(f, off) else {
         return Parsed::Malformed(Some(pkt.src));
     };
+    pkt.l4_off = off as u16;
     if pkt.proto == ipproto::ICMP || pkt.proto == ipproto::ICMPV6 {
         pkt.dport = ports[0] as u16;
     } else {
+        if pkt.proto == ipproto::TCP {
+            let Some(flags) = f.read::<u8>(off + 13) else {
+                return Parsed::Malformed(Some(pkt.src));
+            };
+            pkt.tcp_flags = flags;
+        }
         pkt.sport = u16::from_be_bytes([ports[0], ports[1]]);
         pkt.dport = u16::from_be_bytes([ports[2], ports[3]]);
     }

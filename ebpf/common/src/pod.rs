@@ -2,8 +2,8 @@
 //! only of integers and byte arrays (see the size asserts in `abi`).
 use crate::{
     abi::{
-        BanEntry, Config, Counter, Event, ListEntry, Policy, PrefixLens, RateBuckets, RateExtra,
-        RateSet, V4Key, V6Key,
+        Addr, BanEntry, Config, Counter, Event, FloodState, ListEntry, Policy, PrefixLens,
+        RateBuckets, RateExtra, RateSet, V4Key, V6Key, Verified,
     },
     list_table::{V4Slot, V6Slot},
 };
@@ -18,7 +18,10 @@ macro_rules! pod {
 }
 
 pod!(
+    Addr,
     BanEntry,
+    FloodState,
+    Verified,
     Config,
     Counter,
     Event,

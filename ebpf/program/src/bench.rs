@@ -11,6 +11,7 @@
               `pub extern \"C\"` functions are BPF global functions the linker exports"
 )]
 
+mod cookie;
 mod filter;
 mod maps;
 mod packet;

@@ -25,7 +25,8 @@ pub fn filter(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let parsed = parse(&frame);
-    let verdict = decide(&BpfTables { cfg }, cfg, &parsed, len, &now_ns);
+    let tables = BpfTables { cfg, ctx: ctx.ctx };
+    let verdict = decide(&tables, cfg, &parsed, len, &now_ns);
     maps::sample(cfg, &parsed, &verdict, ifindex, len);
     record(ifindex, &verdict, len)
 }
@@ -45,9 +46,10 @@ fn record(ifindex: u32, v: &Verdict, len: u32) -> u32 {
             (*c).bytes += len as u64;
         }
     }
-    if v.action == action::DROP {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
+    match v.action {
+        action::DROP => xdp_action::XDP_DROP,
+        // The frame is now the SYN-ACK, going back out.
+        action::CHALLENGE => xdp_action::XDP_TX,
+        _ => xdp_action::XDP_PASS,
     }
 }

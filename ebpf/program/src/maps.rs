@@ -5,24 +5,27 @@
 //! (`rampart_common::list_table`), the ban tables plain hash maps; none is
 //! LRU: an explicit block must never be evicted by a flood of new sources.
 use aya_ebpf::{
+    bindings::xdp_md,
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use rampart_common::{
     abi::{
-        Addr, BanEntry, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, Event, ListEntry,
-        MAX_IFINDEX, MAX_POLICIES, Policy, RateBuckets, RateExtra, RateSet, V4Key, V6Key, action,
-        event_kind, list_table_index, slash24, stat,
+        Addr, BanEntry, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, Event, FloodState,
+        ListEntry, MAX_IFINDEX, MAX_POLICIES, Policy, RateBuckets, RateExtra, RateSet, V4Key,
+        V6Key, Verified, action, event_kind, list_table_index, slash24, stat,
     },
     decide::{
-        BanStarted, List, Metered, Tables, Verdict, meter, prefix_lens, probe_ban_v4, probe_ban_v6,
-        probe_list_v4, probe_list_v6, start_ban, v4_list_may_match,
+        AckCheck, BanStarted, List, Metered, Tables, Verdict, meter, prefix_lens, probe_ban_v4,
+        probe_ban_v6, probe_list_v4, probe_list_v6, start_ban, v4_list_may_match,
     },
     list_table::{self, V4Slot, V6Slot},
     parse::{Packet, Parsed, Source},
 };
+
+use crate::cookie::{ack, rampart_ack_check, rampart_syn_answer};
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(CONFIG_SLOTS, 0);
@@ -81,6 +84,15 @@ static RATE_SETS: Array<RateSet> = Array::with_max_entries(1 << 16, BPF_F_MMAPAB
 static RATE_BUCKETS: Array<RateBuckets> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
 #[map]
 static RATE_EXTRA: Array<RateExtra> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
+#[map]
+static FLOOD: Array<FloodState> = Array::with_max_entries(MAX_POLICIES, 0);
+/// Verified sources. LRU, unlike every other table: a source that is not
+/// remembered only has to prove itself again, and a flood cannot fill the
+/// table (spoofed sources never get in).
+#[map]
+static VERIFIED_V4: LruHashMap<u32, Verified> = LruHashMap::with_max_entries(1 << 16, 0);
+#[map]
+static VERIFIED_V6: LruHashMap<Addr, Verified> = LruHashMap::with_max_entries(1 << 16, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
@@ -222,7 +234,7 @@ pub extern "C" fn rampart_find_v4(cfg: *const Config, list: u32, addr: u32) -> u
         return 0;
     };
     encode(probe_list_v4(
-        &BpfTables { cfg },
+        &BpfTables::without_packet(cfg),
         cfg,
         list_of(list),
         addr,
@@ -240,7 +252,7 @@ pub extern "C" fn rampart_find_v6(cfg: *const Config, list: u32, addr: *const Ad
         return 0;
     };
     encode(probe_list_v6(
-        &BpfTables { cfg },
+        &BpfTables::without_packet(cfg),
         cfg,
         list_of(list),
         addr,
@@ -257,7 +269,7 @@ pub extern "C" fn rampart_ban_v4(cfg: *const Config, addr: u32, now: u64) -> u32
     let Some(cfg) = (unsafe { cfg.as_ref() }) else {
         return 0;
     };
-    probe_ban_v4(&BpfTables { cfg }, cfg, addr, now) as u32
+    probe_ban_v4(&BpfTables::without_packet(cfg), cfg, addr, now) as u32
 }
 
 /// [`rampart_ban_v4`] for IPv6 sources.
@@ -268,7 +280,7 @@ pub extern "C" fn rampart_ban_v6(cfg: *const Config, addr: *const Addr, now: u64
     let (Some(cfg), Some(addr)) = (unsafe { cfg.as_ref() }, unsafe { addr.as_ref() }) else {
         return 0;
     };
-    probe_ban_v6(&BpfTables { cfg }, cfg, addr, now) as u32
+    probe_ban_v6(&BpfTables::without_packet(cfg), cfg, addr, now) as u32
 }
 
 /// Metering out of line (see `Tables::meter`): bit 0 set when the packet
@@ -287,8 +299,8 @@ pub extern "C" fn rampart_meter(
     let (Some(cfg), Some(src)) = (unsafe { cfg.as_ref() }, unsafe { src.as_ref() }) else {
         return 1;
     };
-    let m = meter(&BpfTables { cfg }, cfg, index, src, len, now);
-    m.conforms as u32 | (m.ban_due as u32) << 1
+    let m = meter(&BpfTables::without_packet(cfg), cfg, index, src, len, now);
+    m.conforms as u32 | (m.ban_due as u32) << 1 | (m.newcomer as u32) << 2
 }
 
 /// A ban out of line (see `Tables::start_ban`).
@@ -310,7 +322,7 @@ pub extern "C" fn rampart_start_ban(
     else {
         return 0;
     };
-    start_ban(&BpfTables { cfg }, p, index, src, now);
+    start_ban(&BpfTables::without_packet(cfg), p, index, src, now);
     0
 }
 
@@ -359,9 +371,22 @@ fn probe<K>(
 }
 
 /// The maps as the decision sees them; list lookups need the live
-/// configuration's table geometry and seed.
+/// configuration's table geometry and seed, and the flood defence the
+/// packet's context (null inside the global functions, which never answer
+/// or check a packet).
 pub struct BpfTables<'c> {
     pub cfg: &'c Config,
+    pub ctx: *mut xdp_md,
+}
+
+impl<'c> BpfTables<'c> {
+    #[inline(always)]
+    pub fn without_packet(cfg: &'c Config) -> Self {
+        Self {
+            cfg,
+            ctx: core::ptr::null_mut(),
+        }
+    }
 }
 
 impl Tables for BpfTables<'_> {
@@ -428,6 +453,7 @@ impl Tables for BpfTables<'_> {
         Metered {
             conforms: m & 1 != 0,
             ban_due: m & 2 != 0,
+            newcomer: m & 4 != 0,
         }
     }
 
@@ -511,6 +537,57 @@ impl Tables for BpfTables<'_> {
     }
 
     #[inline(always)]
+    fn with_flood<R>(&self, group: u32, f: impl FnOnce(&mut FloodState) -> R) -> Option<R> {
+        let fs = FLOOD.get_ptr_mut(group)?;
+        // SAFETY: a valid map value; CPUs may race on it, which costs a
+        // count or a token, never unsafety.
+        Some(f(unsafe { &mut *fs }))
+    }
+
+    #[inline(always)]
+    fn verified(&self, src: &Source, now: u64) -> bool {
+        // SAFETY: read at once.
+        let found = unsafe {
+            if src.family == 4 {
+                VERIFIED_V4.get(&src.addr.v4_word()).map(|v| v.expires_ns)
+            } else {
+                VERIFIED_V6.get(&src.addr).map(|v| v.expires_ns)
+            }
+        };
+        found.is_some_and(|expires| now < expires)
+    }
+
+    #[inline(always)]
+    fn set_verified(&self, src: &Source, expires_ns: u64) {
+        let v = Verified { expires_ns };
+        // A full LRU table makes room; an error only means this source
+        // proves itself again.
+        let _ = if src.family == 4 {
+            VERIFIED_V4.insert(&src.addr.v4_word(), &v, 0)
+        } else {
+            VERIFIED_V6.insert(&src.addr, &v, 0)
+        };
+    }
+
+    #[inline(always)]
+    fn challenge(&self, pkt: &Packet) -> bool {
+        !self.ctx.is_null() && rampart_syn_answer(self.ctx, pkt) != 0
+    }
+
+    #[inline(always)]
+    fn check_ack(&self, pkt: &Packet) -> AckCheck {
+        if self.ctx.is_null() {
+            return AckCheck::NoSocket;
+        }
+        match rampart_ack_check(self.ctx, pkt) {
+            ack::ESTABLISHED => AckCheck::Established,
+            ack::VALID => AckCheck::ValidCookie,
+            ack::BAD => AckCheck::BadCookie,
+            _ => AckCheck::NoSocket,
+        }
+    }
+
+    #[inline(always)]
     fn count(&self, index: u32) {
         bump(index);
     }
@@ -563,7 +640,8 @@ fn bump(index: u32) {
 /// `sample_every`, at most `sample_cap_per_sec` per second per CPU.
 #[inline(always)]
 pub fn sample(cfg: &Config, parsed: &Parsed, v: &Verdict, ifindex: u32, len: u32) {
-    if v.action == action::PASS || cfg.sample_every == 0 {
+    let dropped = v.action == action::DROP || v.action == action::WOULD_DROP;
+    if !dropped || cfg.sample_every == 0 {
         return;
     }
     let Some(state) = SAMPLER.get_ptr_mut(0) else {
