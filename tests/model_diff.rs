@@ -1,14 +1,28 @@
 //! Differential test: random and mutated frames through the kernel program
 //! (BPF_PROG_TEST_RUN) and the reference model must get the same verdict.
 use proptest::prelude::*;
-use rampart_common::abi::{BanEntry, Policy, policy_flag, proto};
-use rampart_tests::{frames::FrameBuilder as F, harness::*};
+use std::net::TcpListener;
+
+use rampart_common::abi::{BanEntry, Policy, policy_flag, proto, syn_cookies};
+use rampart_tests::{frames::FrameBuilder as F, harness::*, netns};
+
+/// The port of a SYN-cookie policy with a listener behind it; the port after
+/// it is in cookie mode too, with nothing listening.
+struct Cookies {
+    _listener: TcpListener,
+    port: u16,
+}
 
 /// A configuration that exercises every stage and whose verdicts do not
 /// depend on time: policies either never run out (huge burst) or are always
-/// empty (burst 0).
-fn plane() -> Plane {
+/// empty (burst 0). The cookie policies answer for a listener in the test's
+/// own namespace.
+fn plane() -> (Plane, Cookies) {
+    netns::isolate_this_thread(2).expect("a namespace for the test");
+    let listener = TcpListener::bind("[::]:0").expect("listen");
+    let port = listener.local_addr().expect("listener address").port();
     let mut p = Plane::new();
+    p.model.tables.listening.insert(port);
     p.block("203.0.113.0/24");
     p.block("198.51.100.66");
     p.block("2001:db8:bad::/48");
@@ -44,13 +58,24 @@ fn plane() -> Plane {
         pps_burst: 0,
         ..open(proto, lo, hi)
     };
+    let cookies = Policy {
+        syn_cookies: syn_cookies::ON,
+        ..open(proto::TCP, port, port + 1)
+    };
     p.policies(&[
+        cookies,
         open(proto::TCP, 443, 443),
         closed(proto::TCP, 1, 1023),
         closed(proto::UDP, 0, u16::MAX),
         open(proto::ICMP, 0, u16::MAX),
     ]);
-    p
+    (
+        p,
+        Cookies {
+            _listener: listener,
+            port,
+        },
+    )
 }
 
 const V4: &[&str] = &[
@@ -69,50 +94,70 @@ const V6: &[&str] = &[
     "fe80::1",
 ];
 
-fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
+fn frame_strategy(cookie_port: u16) -> impl Strategy<Value = Vec<u8>> {
     let base = (
         any::<bool>(),
         0usize..6,
-        prop::sample::select(vec![6u8, 17, 1, 58, 47, 50, 132, 0]),
-        prop::sample::select(vec![22u16, 80, 443, 53, 8080, 0, 1023]),
+        // TCP, and the cookie ports, more often: the flood defence's paths
+        // need a SYN or an ACK to them that survives mutation.
+        prop::sample::select(vec![6u8, 6, 6, 17, 1, 58, 47, 50, 132, 0]),
+        prop::sample::select(vec![
+            22u16,
+            80,
+            443,
+            53,
+            8080,
+            0,
+            1023,
+            cookie_port,
+            cookie_port,
+            cookie_port,
+            cookie_port + 1,
+        ]),
         0usize..3,
         0usize..11,
         prop::collection::vec(prop::sample::select(vec![0u8, 43, 44, 51, 60]), 0..10),
         prop::option::of((0u16..300, any::<bool>())),
         any::<bool>(),
+        // SYN, ACK, SYN-ACK, RST, PSH-ACK, SYN-FIN, FIN-ACK, none.
+        prop::sample::select(vec![
+            0x02u8, 0x02, 0x10, 0x10, 0x12, 0x04, 0x18, 0x03, 0x11, 0x00,
+        ]),
     )
-        .prop_map(|(v6, src, proto, port, vlans, opts, exts, frag, qinq)| {
-            let (src, dst) = if v6 {
-                (V6[src % V6.len()], "2001:db8:ffff::1")
-            } else {
-                (V4[src % V4.len()], "198.51.100.1")
-            };
-            let proto = match (v6, proto) {
-                (true, 1) => 58,
-                (false, 58) => 1,
-                (_, p) => p,
-            };
-            let mut f = F::new(src, dst, proto, 1234, port);
-            for i in 0..vlans {
-                f = f.vlan(i as u16 + 1);
-            }
-            if qinq && vlans > 0 {
-                f = f.qinq();
-            }
-            if v6 {
-                for e in exts {
-                    if e != 44 {
-                        f = f.ext(e);
-                    }
+        .prop_map(
+            |(v6, src, proto, port, vlans, opts, exts, frag, qinq, flags)| {
+                let (src, dst) = if v6 {
+                    (V6[src % V6.len()], "2001:db8:ffff::1")
+                } else {
+                    (V4[src % V4.len()], "198.51.100.1")
+                };
+                let proto = match (v6, proto) {
+                    (true, 1) => 58,
+                    (false, 58) => 1,
+                    (_, p) => p,
+                };
+                let mut f = F::new(src, dst, proto, 1234, port).flags(flags);
+                for i in 0..vlans {
+                    f = f.vlan(i as u16 + 1);
                 }
-            } else {
-                f = f.v4_options(opts);
-            }
-            if let Some((off, more)) = frag {
-                f = f.fragment(off, more);
-            }
-            f.build()
-        });
+                if qinq && vlans > 0 {
+                    f = f.qinq();
+                }
+                if v6 {
+                    for e in exts {
+                        if e != 44 {
+                            f = f.ext(e);
+                        }
+                    }
+                } else {
+                    f = f.v4_options(opts);
+                }
+                if let Some((off, more)) = frag {
+                    f = f.fragment(off, more);
+                }
+                f.build()
+            },
+        );
     // Mutations: truncation, byte flips, or as built.
     (
         base,
@@ -142,7 +187,12 @@ fn cases() -> u32 {
 
 /// Runs `cases()` frames from `strategy` through the kernel and the model;
 /// panics with the first frame they disagree on.
-fn agree_on(p: &Plane, strategy: impl Strategy<Value = Vec<u8>>) {
+/// Returns how often each (action, reason) came out.
+fn agree_on(
+    p: &Plane,
+    strategy: impl Strategy<Value = Vec<u8>>,
+) -> std::collections::HashMap<(&'static str, &'static str), u32> {
+    let seen = std::cell::RefCell::new(std::collections::HashMap::new());
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: cases(),
         failure_persistence: None,
@@ -152,17 +202,28 @@ fn agree_on(p: &Plane, strategy: impl Strategy<Value = Vec<u8>>) {
         let out = p.run(&frame);
         let v = p.model_verdict(&frame);
         prop_assert_eq!((v.action, v.reason), out.counted, "frame {:02x?}", frame);
+        *seen
+            .borrow_mut()
+            .entry((out.action_name(), out.reason_name()))
+            .or_insert(0) += 1;
         Ok(())
     });
     if let Err(e) = result {
         panic!("{e}");
     }
-    eprintln!("kernel and model agreed on {} frames", cases());
+    let seen = seen.into_inner();
+    eprintln!("kernel and model agreed on {} frames: {seen:?}", cases());
+    seen
 }
 
 #[test]
 fn kernel_and_model_agree_on_random_frames() {
-    agree_on(&plane(), frame_strategy());
+    let (p, cookies) = plane();
+    let seen = agree_on(&p, frame_strategy(cookies.port));
+    // The flood defence's outcomes were among those compared.
+    for outcome in [("challenge", "syn_cookie"), ("drop", "bad_cookie")] {
+        assert!(seen.contains_key(&outcome), "no frame came out {outcome:?}");
+    }
 }
 
 #[test]
@@ -178,5 +239,6 @@ fn kernel_and_model_agree_on_random_bytes() {
             f.extend(body);
             f
         });
-    agree_on(&plane(), strat);
+    let (p, _cookies) = plane();
+    agree_on(&p, strat);
 }

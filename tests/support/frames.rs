@@ -21,6 +21,10 @@ pub struct FrameBuilder {
     ipv6_ext: Vec<u8>,
     fragment: Option<(u16, bool)>,
     payload: usize,
+    tcp_flags: u8,
+    tcp_options: Vec<u8>,
+    seq: u32,
+    ack: u32,
 }
 
 impl FrameBuilder {
@@ -51,7 +55,36 @@ impl FrameBuilder {
             ipv6_ext: Vec::new(),
             fragment: None,
             payload: 16,
+            tcp_flags: 0x02,
+            tcp_options: Vec::new(),
+            seq: 1,
+            ack: 0,
         }
+    }
+
+    /// TCP flags (default: SYN).
+    pub fn flags(mut self, flags: u8) -> Self {
+        self.tcp_flags = flags;
+        self
+    }
+
+    /// TCP options, padded with NOPs to whole words.
+    pub fn tcp_options(mut self, opts: &[u8]) -> Self {
+        self.tcp_options = opts.to_vec();
+        while self.tcp_options.len() % 4 != 0 {
+            self.tcp_options.push(1);
+        }
+        self
+    }
+
+    pub fn seq(mut self, seq: u32) -> Self {
+        self.seq = seq;
+        self
+    }
+
+    pub fn ack(mut self, ack: u32) -> Self {
+        self.ack = ack;
+        self
     }
 
     pub fn vlan(mut self, id: u16) -> Self {
@@ -121,9 +154,12 @@ impl FrameBuilder {
                 TCP => {
                     l4.extend_from_slice(&self.sport.to_be_bytes());
                     l4.extend_from_slice(&self.dport.to_be_bytes());
-                    l4.extend_from_slice(&[
-                        0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
-                    ]);
+                    l4.extend_from_slice(&self.seq.to_be_bytes());
+                    l4.extend_from_slice(&self.ack.to_be_bytes());
+                    let doff = (20 + self.tcp_options.len()) / 4;
+                    l4.extend_from_slice(&[(doff as u8) << 4, self.tcp_flags, 0xff, 0xff]);
+                    l4.extend_from_slice(&[0, 0, 0, 0]);
+                    l4.extend_from_slice(&self.tcp_options);
                 }
                 UDP => {
                     l4.extend_from_slice(&self.sport.to_be_bytes());

@@ -12,6 +12,7 @@ use rampart_common::{
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
 /// Small tables: the tests exercise behaviour, not size.
 pub fn test_capacities() -> Capacities {
@@ -37,7 +38,7 @@ pub struct Plane {
 /// The outcome of one frame through the kernel program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
-    /// XDP_DROP or XDP_PASS.
+    /// XDP_DROP, XDP_PASS or XDP_TX.
     pub xdp: u32,
     /// (action, reason) of the one counter that moved.
     pub counted: (u8, u8),
@@ -127,8 +128,13 @@ impl Plane {
     /// Runs one frame through the kernel program; returns the XDP action and
     /// the counter that moved (exactly one must move).
     pub fn run(&self, frame: &[u8]) -> Outcome {
+        self.run_out(frame).0
+    }
+
+    /// As [`Plane::run`], and the frame as the program left it.
+    pub fn run_out(&self, frame: &[u8]) -> (Outcome, Vec<u8>) {
         let before = self.dp.counters().expect("read counters");
-        let xdp = self.dp.test_run(frame).expect("BPF_PROG_TEST_RUN");
+        let (xdp, out) = self.dp.test_run_out(frame).expect("BPF_PROG_TEST_RUN");
         let after = self.dp.counters().expect("read counters");
         let mut moved = Vec::new();
         for a in 0..action::COUNT as u8 {
@@ -153,13 +159,21 @@ impl Plane {
         );
         let counted = moved[0];
         // The verdict returned is the verdict counted.
-        let expect_xdp = if counted.0 == action::DROP {
-            XDP_DROP
-        } else {
-            XDP_PASS
+        let expect_xdp = match counted.0 {
+            action::DROP => XDP_DROP,
+            action::CHALLENGE => XDP_TX,
+            _ => XDP_PASS,
         };
         assert_eq!(xdp, expect_xdp, "returned {xdp} but counted {counted:?}");
-        Outcome { xdp, counted }
+        if xdp != XDP_TX {
+            assert_eq!(out, frame, "only an answer changes the frame");
+        }
+        (Outcome { xdp, counted }, out)
+    }
+
+    /// The kernel's statistics counters (`abi::stat`), summed over CPUs.
+    pub fn stats(&self) -> [u64; rampart_common::abi::stat::COUNT as usize] {
+        self.dp.stats().expect("read stats")
     }
 
     /// The model's verdict for a frame, now.

@@ -117,3 +117,19 @@ impl Drop for InNetns {
         unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
     }
 }
+
+/// Moves the calling thread (one test) into a network namespace of its own,
+/// with `net.ipv4.tcp_syncookies` set as given there: the flood tests
+/// listen and change that setting without touching the host's.
+pub fn isolate_this_thread(tcp_syncookies: u8) -> anyhow::Result<()> {
+    // SAFETY: unshare has no memory effects; it moves only this thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    }
+    // /proc/sys/net shows the namespace of the thread that opens it.
+    std::fs::write(
+        "/proc/sys/net/ipv4/tcp_syncookies",
+        tcp_syncookies.to_string(),
+    )
+    .context("setting net.ipv4.tcp_syncookies in the test's namespace")
+}

@@ -328,6 +328,20 @@ impl Datapath {
         Ok(self.program()?.test_run(opts)?.return_value)
     }
 
+    /// As [`Datapath::test_run`], and the frame as the program left it (a
+    /// SYN-ACK, when it answered).
+    pub fn test_run_out(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), DatapathError> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let r = self.program()?.test_run(opts)?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
     /// The configuration the kernel runs with.
     pub fn config(&self) -> &Config {
         &self.config

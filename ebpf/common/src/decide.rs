@@ -350,9 +350,12 @@ fn syn_defence<T: Tables>(
     now: u64,
     dry_run: bool,
 ) -> Defence {
+    // A SYN opens a connection (the cookie helper takes no FIN, RST or
+    // ACK with it); an ACK is anything later in one but a reset.
     let flags = pkt.tcp_flags;
-    let syn = flags & (tcp_flag::SYN | tcp_flag::ACK | tcp_flag::RST) == tcp_flag::SYN;
-    let ack = flags & (tcp_flag::SYN | tcp_flag::ACK | tcp_flag::RST) == tcp_flag::ACK;
+    let kind = tcp_flag::SYN | tcp_flag::ACK | tcp_flag::RST;
+    let syn = flags & (kind | tcp_flag::FIN) == tcp_flag::SYN;
+    let ack = flags & kind == tcp_flag::ACK;
     if pkt.later_fragment || !(syn || ack) {
         return Defence::Meter;
     }

@@ -46,6 +46,9 @@ pub struct ModelTables {
     pub listening: HashSet<u16>,
     /// SYNs the model answered.
     pub challenged: RefCell<Vec<Packet>>,
+    /// The length of the frame being decided: the kernel answers only a SYN
+    /// whose whole TCP header is in the frame.
+    pub frame_len: std::cell::Cell<usize>,
 }
 
 impl Tables for ModelTables {
@@ -149,7 +152,9 @@ impl Tables for ModelTables {
     }
 
     fn challenge(&self, pkt: &Packet) -> bool {
-        let answered = self.listening.contains(&pkt.dport);
+        let hlen = usize::from(pkt.tcp_hlen);
+        let whole = hlen >= 20 && usize::from(pkt.l4_off) + hlen <= self.frame_len.get();
+        let answered = whole && self.listening.contains(&pkt.dport);
         if answered {
             self.challenged.borrow_mut().push(*pkt);
         }
@@ -212,6 +217,7 @@ impl Model {
 
     /// The verdict for one frame at monotonic time `now_ns`.
     pub fn evaluate(&self, frame: &[u8], now_ns: u64) -> Verdict {
+        self.tables.frame_len.set(frame.len());
         decide(
             &self.tables,
             &self.config,

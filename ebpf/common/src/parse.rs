@@ -104,6 +104,9 @@ pub struct Packet {
     /// Where the transport header starts (after IPv4 options or IPv6
     /// extension headers).
     pub l4_off: u16,
+    /// TCP: the header length its data offset gives, in bytes (options
+    /// included; not checked against the frame); 0 otherwise.
+    pub tcp_hlen: u8,
 }
 
 /// TCP flag bits, in [`Packet::tcp_flags`].
@@ -211,6 +214,7 @@ fn parse_v4<F: Frame>(f: &F, off: usize) -> Parsed {
         tcp_flags: 0,
         l3_off: off as u8,
         l4_off: 0,
+        tcp_hlen: 0,
     };
     let frag_off = u16::from_be_bytes([w1[2], w1[3]]) & 0x1fff;
     pkt.later_fragment = frag_off != 0;
@@ -250,6 +254,7 @@ fn parse_v6<F: Frame>(f: &F, off: usize) -> Parsed {
         tcp_flags: 0,
         l3_off: off as u8,
         l4_off: 0,
+        tcp_hlen: 0,
     };
     let mut next = first[6];
     let mut off = off + 40;
@@ -314,10 +319,12 @@ fn parse_l4<F: Frame>(f: &F, off: usize, mut pkt: Packet) -> Parsed {
         pkt.dport = ports[0] as u16;
     } else {
         if pkt.proto == ipproto::TCP {
-            let Some(flags) = f.read::<u8>(off + 13) else {
+            let Some(doff_flags) = f.read::<u16>(off + 12) else {
                 return Parsed::Malformed(Some(pkt.src));
             };
+            let [doff, flags] = doff_flags.to_ne_bytes();
             pkt.tcp_flags = flags;
+            pkt.tcp_hlen = (doff >> 4) * 4;
         }
         pkt.sport = u16::from_be_bytes([ports[0], ports[1]]);
         pkt.dport = u16::from_be_bytes([ports[2], ports[3]]);
