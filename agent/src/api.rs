@@ -52,6 +52,29 @@ pub struct Status {
     pub tables: Vec<TableFill>,
     pub reload: ReloadStatus,
     pub state_error: Option<String>,
+    pub flood: FloodStatus,
+}
+
+/// `rampart status`: the flood defence.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FloodStatus {
+    /// Whether SYN cookies can work on this host, and why not.
+    pub syn_cookies: String,
+    pub verified_sources: u64,
+    pub policies: Vec<FloodPolicy>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FloodPolicy {
+    pub name: String,
+    /// off, on or auto.
+    pub syn_cookies: String,
+    /// The program answers SYNs from unverified sources now.
+    pub engaged: bool,
+    pub syn_above: u32,
+    pub syns_last_second: u32,
+    /// 0: no newcomer budget.
+    pub new_sources_pps: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -77,6 +100,9 @@ pub struct Explain {
     pub port: u16,
     pub action: String,
     pub reason: String,
+    /// The source proved it can receive (flood defence).
+    #[serde(default)]
+    pub verified: bool,
     /// Human-readable steps: which entry, ban or policy decided, and why.
     pub because: Vec<String>,
 }

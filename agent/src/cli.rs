@@ -584,6 +584,10 @@ fn print_status(out: Output, s: &Status) {
         if let Some(e) = &s.state_error {
             t.push_str(&format!("state: {e}\n"));
         }
+        t.push_str(&format!(
+            "syn cookies: {}\nverified sources: {}\n",
+            s.flood.syn_cookies, s.flood.verified_sources
+        ));
         t.push('\n');
         t.push_str(&table(
             &["INTERFACE", "ATTACHED", "MODE", "PROGRAM", "ERROR"],
@@ -618,8 +622,46 @@ fn print_status(out: Output, s: &Status) {
                 })
                 .collect(),
         ));
+        if !s.flood.policies.is_empty() {
+            t.push('\n');
+            t.push_str(&flood_table(&s.flood.policies));
+        }
         t
     });
+}
+
+fn flood_table(policies: &[crate::api::FloodPolicy]) -> String {
+    table(
+        &[
+            "POLICY",
+            "SYN COOKIES",
+            "ENGAGED",
+            "SYN/S",
+            "ENGAGE ABOVE",
+            "NEW SOURCES/S",
+        ],
+        policies
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.syn_cookies.clone(),
+                    if p.engaged { "yes" } else { "no" }.into(),
+                    p.syns_last_second.to_string(),
+                    if p.syn_cookies == "auto" {
+                        p.syn_above.to_string()
+                    } else {
+                        "-".into()
+                    },
+                    if p.new_sources_pps == 0 {
+                        "unlimited".into()
+                    } else {
+                        p.new_sources_pps.to_string()
+                    },
+                ]
+            })
+            .collect(),
+    )
 }
 
 /// Prints JSON, or the table the closure renders.

@@ -113,6 +113,10 @@ pub struct FloodSection {
     /// newcomer budget.
     #[serde(with = "humantime_serde")]
     pub verified_ttl: Duration,
+    /// Set `net.ipv4.tcp_syncookies` to 2 when a policy uses SYN cookies
+    /// (the kernel issues the program's cookies only then). Off: the agent
+    /// leaves the setting alone, and cookie mode is off unless it is 2.
+    pub manage_tcp_syncookies: bool,
 }
 
 /// Longest `verified_ttl`: a day; past it an address may well have changed hands.
@@ -122,6 +126,7 @@ impl Default for FloodSection {
     fn default() -> Self {
         Self {
             verified_ttl: Duration::from_secs(3600),
+            manage_tcp_syncookies: true,
         }
     }
 }
@@ -728,6 +733,45 @@ mod tests {
         assert_eq!(e.0[0].key, "policy[0]");
         assert!(e.0[0].message.contains("pps must be 1"), "{e}");
         assert_eq!(e.0[0].line, 3);
+    }
+
+    #[test]
+    fn flood_settings_are_validated_and_name_the_policy() {
+        let text =
+            "[[policy]]\nname = \"dns\"\nprotocol = \"udp\"\npps = 10\nsyn_cookies = \"on\"\n";
+        let e = parse(text, "f.toml").unwrap_err();
+        assert_eq!(e.0[0].key, "policy[0]");
+        assert!(
+            e.0[0]
+                .message
+                .contains("policy 'dns': syn_cookies applies only to protocol = \"tcp\""),
+            "{e}"
+        );
+        for (text, needle) in [
+            (
+                "[[policy]]\nname = \"web\"\nprotocol = \"tcp\"\npps = 10\nsyn_cookies = \"sometimes\"\n",
+                "unknown variant `sometimes`",
+            ),
+            (
+                "[[policy]]\nname = \"web\"\nprotocol = \"tcp\"\npps = 10\nsyn_cookies = \"auto\"\nsyn_cookies_above = 0\n",
+                "syn_cookies_above must be at least 1",
+            ),
+            (
+                "[[policy]]\nname = \"web\"\npps = 10\nnew_sources_pps = 0\nnew_sources_burst = 5\n",
+                "new_sources_burst needs new_sources_pps",
+            ),
+            ("[flood]\nverified_ttl = \"0s\"\n", "between 1s and 24h"),
+        ] {
+            let e = parse(text, "f.toml").unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        let ok = "[[policy]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [443]\npps = 10\nsyn_cookies = \"auto\"\n";
+        let v = parse(ok, "f.toml").unwrap();
+        let p = v.config.policies[0].get_ref().to_abi()[0];
+        assert_eq!(p.syn_cookies, rampart_common::abi::syn_cookies::AUTO);
+        assert_eq!(p.syn_above, crate::policy::DEFAULT_SYN_ABOVE);
+        assert_eq!(p.new_pps, crate::policy::DEFAULT_NEW_SOURCES_PPS);
+        assert_eq!(p.new_burst, 2 * crate::policy::DEFAULT_NEW_SOURCES_PPS);
     }
 
     #[test]

@@ -25,7 +25,10 @@ use tokio::{net::UnixListener, task::JoinHandle};
 use rampart_common::decide::List;
 
 use crate::{
-    api::{self, AddRequest, ApiError, BansDelRequest, Changed, DelRequest, StatRow, Status},
+    api::{
+        self, AddRequest, ApiError, BansDelRequest, Changed, DelRequest, FloodStatus, StatRow,
+        Status,
+    },
     policy::Protocol,
     reload::reload,
     shared::{BULK_CHANGE, Shared, lock, release_freed_memory},
@@ -228,6 +231,11 @@ async fn status(State(s): Shr) -> Response {
         tables,
         reload: core.reload_status().clone(),
         state_error: lock(&s.state_error).clone(),
+        flood: FloodStatus {
+            syn_cookies: core.syn_cookies.describe(),
+            verified_sources: core.verified_sources,
+            policies: core.flood_policies(),
+        },
     })
     .into_response()
 }

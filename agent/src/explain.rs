@@ -107,16 +107,22 @@ pub fn explain(core: &Core, ip: IpAddr, proto: Protocol, port: u16) -> Explain {
                 }
             }
         }
-        reason::RATELIMIT => because.push(format!(
-            "over the limit of policy {}",
-            core.policy_names
-                .get(v.policy as usize)
-                .map_or("?", String::as_str)
+        reason::RATELIMIT => because.push(format!("over the limit of policy {}", policy_name(core, v.policy))),
+        reason::NEWCOMER => because.push(format!(
+            "policy {} does not track this source yet, and its newcomer budget is spent",
+            policy_name(core, v.policy)
+        )),
+        reason::SYN_COOKIE => because.push(format!(
+            "policy {} is in SYN cookie mode: a SYN from an unverified source is answered by the program; its connection reaches the listener once its ACK carries the cookie",
+            policy_name(core, v.policy)
         )),
         _ => {}
     }
     if v.action == action::WOULD_DROP {
         because.push("dry-run: counted as would_drop and passed".into());
+    }
+    if v.action == action::WOULD_CHALLENGE {
+        because.push("dry-run: counted as would_challenge and passed to the stack".into());
     }
     if because.is_empty() {
         because.push(match v.reason {
@@ -125,12 +131,32 @@ pub fn explain(core: &Core, ip: IpAddr, proto: Protocol, port: u16) -> Explain {
             _ => "no list entry or ban applies, and the source is within its rate limit (or no policy matches)".into(),
         });
     }
+    let verified = core
+        .dp
+        .verified(ip)
+        .filter(|v| v.expires_ns > clock::mono_ns());
+    because.push(match verified {
+        Some(v) => format!(
+            "verified source (it proved it can receive): skips SYN cookies and newcomer budgets for {}",
+            clock::human(std::time::Duration::from_nanos(
+                v.expires_ns.saturating_sub(clock::mono_ns())
+            ))
+        ),
+        None => "not a verified source".into(),
+    });
     Explain {
         ip: ip.to_string(),
         protocol: format!("{proto:?}").to_lowercase(),
         port,
         action: action::NAMES[v.action as usize].into(),
         reason: reason::NAMES[v.reason as usize].into(),
+        verified: verified.is_some(),
         because,
     }
+}
+
+fn policy_name(core: &Core, index: u8) -> &str {
+    core.policy_names
+        .get(index as usize)
+        .map_or("?", String::as_str)
 }

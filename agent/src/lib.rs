@@ -26,6 +26,7 @@ pub mod reload;
 pub mod shared;
 mod slash24;
 pub mod state;
+pub mod syncookies;
 pub mod top;
 
 /// Cases per parser property test: `default` in `cargo xtask test`,

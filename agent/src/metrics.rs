@@ -41,6 +41,12 @@ pub struct Metrics {
     crowdsec_last_success: IntGauge,
     crowdsec_polls: IntCounterVec,
     crowdsec_decisions: IntCounterVec,
+    syn_cookies_available: IntGauge,
+    syn_cookies_engaged: IntGaugeVec,
+    cookies_valid: IntCounter,
+    cookie_fallback: IntCounter,
+    verified_by_connection: IntCounter,
+    verified_sources: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -254,6 +260,37 @@ impl Metrics {
                 "CrowdSec decisions by what was done with them (added, deleted, skipped_protected, ignored).",
                 &["outcome"],
             ),
+            syn_cookies_available: gauge(
+                &r,
+                "rampart_syn_cookies_available",
+                "0 when a policy asks for SYN cookies and the host cannot issue them (see rampart status).",
+            ),
+            syn_cookies_engaged: gauge_vec(
+                &r,
+                "rampart_syn_cookies_engaged",
+                "1 while a policy answers SYNs from unverified sources with SYN cookies.",
+                &["policy"],
+            ),
+            cookies_valid: counter(
+                &r,
+                "rampart_syn_cookie_valid_acks_total",
+                "ACKs whose SYN cookie the kernel accepted; each verifies its source. Cookies sent and bad ACKs dropped are rampart_packets_total with reason syn_cookie and bad_cookie.",
+            ),
+            cookie_fallback: counter(
+                &r,
+                "rampart_syn_cookie_fallbacks_total",
+                "SYNs cookie mode could not answer (no listener in the agent's network namespace) and passed on, metered.",
+            ),
+            verified_by_connection: counter(
+                &r,
+                "rampart_sources_verified_by_connection_total",
+                "Sources verified because they had an established connection when cookie mode engaged.",
+            ),
+            verified_sources: gauge(
+                &r,
+                "rampart_verified_sources",
+                "Sources that proved they can receive (valid SYN cookie or established connection), not yet expired.",
+            ),
             registry: r,
         };
         // Both results exist from the start, so alerts can rate() them.
@@ -372,6 +409,23 @@ impl Metrics {
             mirror(&self.events_sent, s[stat::EVENTS_SENT as usize]);
             mirror(&self.events_lost, s[stat::EVENTS_LOST as usize]);
             mirror(&self.samples_capped, s[stat::SAMPLES_CAPPED as usize]);
+            mirror(&self.cookies_valid, s[stat::COOKIES_VALID as usize]);
+            mirror(&self.cookie_fallback, s[stat::COOKIE_FALLBACK as usize]);
+            mirror(
+                &self.verified_by_connection,
+                s[stat::VERIFIED_BY_SOCKET as usize],
+            );
+        }
+        self.syn_cookies_available
+            .set(i64::from(core.syn_cookies.available()));
+        self.verified_sources.set(core.verified_sources as i64);
+        self.syn_cookies_engaged.reset();
+        for p in core.flood_policies() {
+            if p.syn_cookies != "off" {
+                self.syn_cookies_engaged
+                    .with_label_values(&[&p.name])
+                    .set(i64::from(p.engaged));
+            }
         }
         mirror(&self.refused, core.refused_total);
         self.list_entries.reset();

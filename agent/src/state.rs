@@ -4,6 +4,7 @@
 //! removals, never an empty moment.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -23,6 +24,7 @@ use crate::{
     persist::{SavedBan, State},
     policy,
     prefix::Prefix,
+    syncookies::{self, HostCookies},
 };
 
 /// Where a list entry comes from, as the kernel entry records it (for
@@ -58,6 +60,7 @@ impl Origin {
 pub const CROWDSEC_ORIGIN: &str = "crowdsec";
 
 mod feed_swap;
+mod flood;
 mod readings;
 pub use feed_swap::FeedApplied;
 
@@ -176,6 +179,10 @@ pub struct Core {
     /// Runtime entries with a deadline, soonest first.
     expiring: BTreeSet<(u64, List, Prefix)>,
     entry_counts: BTreeMap<(List, &'static str, Origin), u64>,
+    /// Whether the kernel will issue the program's SYN cookies.
+    pub syn_cookies: HostCookies,
+    /// Verified sources, as last counted by housekeeping.
+    pub verified_sources: u64,
 }
 
 impl Core {
@@ -240,6 +247,8 @@ impl Core {
             feed_slots: BTreeMap::new(),
             expiring: BTreeSet::new(),
             entry_counts: BTreeMap::new(),
+            syn_cookies: HostCookies::NotUsed,
+            verified_sources: 0,
         };
         core.apply(cfg, true)?;
         // Entries in the maps (re-adopted pins) that no source claims were
@@ -353,6 +362,15 @@ impl Core {
                 .unzip();
         self.dp.set_policies(&abi)?;
         self.policy_names = names;
+        let wanted = abi
+            .iter()
+            .any(|p| p.syn_cookies != rampart_common::abi::syn_cookies::OFF);
+        let host = syncookies::prepare(
+            Path::new(syncookies::SYSCTL),
+            wanted,
+            self.cfg.config.flood.manage_tcp_syncookies,
+        );
+        self.set_host_cookies(host)?;
         self.count_entries();
         Ok(())
     }
@@ -802,6 +820,7 @@ impl Core {
         if let Ok(used) = self.dp.rate_table_occupancy() {
             self.rate_slots_used = used;
         }
+        self.verified_sources = self.dp.verified_count(clock::mono_ns()) as u64;
         self.count_entries();
     }
 

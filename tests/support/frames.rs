@@ -71,7 +71,7 @@ impl FrameBuilder {
     /// TCP options, padded with NOPs to whole words.
     pub fn tcp_options(mut self, opts: &[u8]) -> Self {
         self.tcp_options = opts.to_vec();
-        while self.tcp_options.len() % 4 != 0 {
+        while !self.tcp_options.len().is_multiple_of(4) {
             self.tcp_options.push(1);
         }
         self
