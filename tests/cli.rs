@@ -42,6 +42,7 @@ fn every_command_in_table_and_json() -> anyhow::Result<()> {
         [
             "config_file",
             "dry_run",
+            "flood",
             "interfaces",
             "reload",
             "state_error",

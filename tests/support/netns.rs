@@ -133,3 +133,80 @@ pub fn isolate_this_thread(tcp_syncookies: u8) -> anyhow::Result<()> {
     )
     .context("setting net.ipv4.tcp_syncookies in the test's namespace")
 }
+
+/// An XDP program that passes every packet, attached natively to an
+/// interface inside a namespace for as long as this lives. A veth delivers
+/// the frames its peer sends with `XDP_TX` only to an end that runs XDP
+/// itself, so the flood tests give the client's end this one.
+pub struct XdpPass {
+    _link: std::os::fd::OwnedFd,
+}
+
+/// `bpf(2)` with a zeroed 128-byte attribute block, `fill` writing the
+/// command's fields; returns the new fd.
+fn bpf_fd(
+    cmd: libc::c_long,
+    fill: impl FnOnce(&mut [u32; 32]),
+) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut attr = [0u32; 32];
+    fill(&mut attr);
+    // SAFETY: the attribute block is 128 initialised bytes, more than any
+    // of the commands used here reads; the kernel returns an fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) };
+    if fd < 0 {
+        bail!("bpf({cmd}): {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd the kernel gave us, owned from here on.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+impl XdpPass {
+    pub fn attach(ns: &Netns, ifname: &str) -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd;
+        const BPF_PROG_LOAD: libc::c_long = 5;
+        const BPF_LINK_CREATE: libc::c_long = 28;
+        const BPF_PROG_TYPE_XDP: u32 = 6;
+        const BPF_XDP: u32 = 37;
+        const XDP_FLAGS_DRV_MODE: u32 = 4;
+        // r0 = XDP_PASS; exit.
+        let insns: [u64; 2] = [0x0000_0002_0000_00b7, 0x0000_0000_0000_0095];
+        let license = b"GPL\0";
+        let prog = bpf_fd(BPF_PROG_LOAD, |a| {
+            a[0] = BPF_PROG_TYPE_XDP;
+            a[1] = 2;
+            let p = insns.as_ptr() as u64;
+            a[2] = p as u32;
+            a[3] = (p >> 32) as u32;
+            let l = license.as_ptr() as u64;
+            a[4] = l as u32;
+            a[5] = (l >> 32) as u32;
+        })?;
+        // The interface index, and the link, in the namespace's own terms:
+        // this thread steps in and back out.
+        let here = std::fs::File::open("/proc/thread-self/ns/net")?;
+        let there = std::fs::File::open(format!("/run/netns/{}", ns.name))?;
+        // SAFETY: setns on this thread only, with namespace fds we opened.
+        if unsafe { libc::setns(there.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("entering {}: {}", ns.name, std::io::Error::last_os_error());
+        }
+        let name = std::ffi::CString::new(ifname)?;
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        let link = if ifindex == 0 {
+            Err(anyhow::anyhow!("no interface {ifname} in {}", ns.name))
+        } else {
+            bpf_fd(BPF_LINK_CREATE, |a| {
+                a[0] = prog.as_raw_fd() as u32;
+                a[1] = ifindex;
+                a[2] = BPF_XDP;
+                a[3] = XDP_FLAGS_DRV_MODE;
+            })
+        };
+        // SAFETY: as above, back to where the thread was.
+        if unsafe { libc::setns(here.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("leaving {}: {}", ns.name, std::io::Error::last_os_error());
+        }
+        Ok(Self { _link: link? })
+    }
+}
