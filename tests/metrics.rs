@@ -119,7 +119,7 @@ fn alert_rules_pass_promtool() {
         None,
     );
     assert!(ok, "{out}");
-    assert!(out.contains("6 rules found"), "{out}");
+    assert!(out.contains("10 rules found"), "{out}");
 }
 
 #[test]
@@ -179,7 +179,11 @@ fn every_dashboard_query_names_an_exported_metric() -> anyhow::Result<()> {
         }
     }
     assert!(exprs.len() >= 10);
-    let mut lab = Lab::new("md", 83, "[blocklist]\nentries = [\"10.83.0.3\"]\n")?;
+    let mut lab = Lab::new(
+        "md",
+        83,
+        "[blocklist]\nentries = [\"10.83.0.3\"]\n\n[[policy]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [443]\npps = 100\nsyn_cookies = \"auto\"\n",
+    )?;
     lab.start()?;
     lab.ping(&lab.client_ips[1], 2, "0.1");
     let (_, metrics) = lab.http_get("/metrics");

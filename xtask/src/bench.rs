@@ -159,6 +159,7 @@ enum Unit {
     Seconds,
     MiB,
     Ms,
+    Percent,
 }
 
 impl Unit {
@@ -168,6 +169,7 @@ impl Unit {
             Self::Seconds => format!("{x:.2} s"),
             Self::MiB => format!("{x:.0} MiB"),
             Self::Ms => format!("{x:.1} ms"),
+            Self::Percent => format!("{:.2}%", x * 100.0),
         }
     }
 
@@ -177,6 +179,7 @@ impl Unit {
             Self::Seconds => format!("{x} s"),
             Self::MiB => format!("{x} MiB"),
             Self::Ms => format!("{x} ms"),
+            Self::Percent => format!("{}%", x * 100.0),
         }
     }
 }
@@ -238,7 +241,7 @@ impl Target {
 
 /// The per-packet scenarios held to the cost target: each is reported
 /// whether or not this run measured it.
-const COST_SCENARIOS: [&str; 8] = [
+const COST_SCENARIOS: [&str; 9] = [
     "S1 pass",
     "S2 blocklist 1",
     "S2 blocklist 10000",
@@ -247,14 +250,24 @@ const COST_SCENARIOS: [&str; 8] = [
     "S3 flood 1 sources",
     "S3 flood 16 sources",
     "S3 flood 256 sources",
+    "S8 spoofed UDP flood, newcomer budget",
 ];
 
 /// The S5 phases, each a target.
-const S5_PHASES: [&str; 3] = [
+const S5_PHASES: [&str; 4] = [
     "during S3 flood (one source)",
     "during S4 flood (random sources)",
+    S5_COOKIES,
     "no attack",
 ];
+
+/// S5's phase under S7's flood, with the policy in SYN cookie mode.
+const S5_COOKIES: &str = "during S7 flood (random sources, SYN cookies)";
+
+/// S7's scenario and the bench's own rebuild of its SYN, timed alone.
+const S7_ANSWER: &str = "S7 SYN cookie answer";
+const S7_REBUILD: &str = "S7 SYN rebuild alone";
+const S7_THROUGHPUT: &str = "rampart S7 spoofed SYNs, SYN cookies";
 
 /// Packets the program must have counted during a flood phase for it to
 /// count as one: hping3 --flood sends far more than this in a second.
@@ -302,6 +315,53 @@ fn targets(v: &Value) -> Vec<Target> {
             .on_path(v, under),
         );
     }
+    // S7: the answer's own cost, the bench's SYN rebuild taken out (each
+    // run's ratio is to the floor run beside it, so the rebuild's ratio,
+    // less the one the floor would score, comes off).
+    t.push(
+        Target::new(
+            "S7 SYN cookie answer, net of the bench's SYN rebuild: cost / floor",
+            vs_floor(v, S7_ANSWER) - vs_floor(v, S7_REBUILD) + 1.0,
+            AtMost,
+            4.0,
+            Unit::Ratio,
+        )
+        .on_path(v, S7_ANSWER)
+        .on_path(v, S7_REBUILD),
+    );
+    t.push(Target::new(
+        "throughput S7: SYNs handled by Rampart's cookies / by the kernel's own SYN cookies",
+        v["throughput"][S7_THROUGHPUT]["vs_kernel_cookies"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        AtLeast,
+        3.0,
+        Unit::Ratio,
+    ));
+    t.push(Target::new(
+        "S7 share of the spoofed SYN flood reaching the stack",
+        v["throughput"]["S7 flood share reaching the stack"]["share"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        AtMost,
+        0.05,
+        Unit::Percent,
+    ));
+    t.push(Target::new(
+        "throughput S8 spoofed UDP, newcomer budget / nftables meter",
+        vs_meter(v, "rampart S8 spoofed UDP, newcomer budget"),
+        AtLeast,
+        3.0,
+        Unit::Ratio,
+    ));
+    let p99 = |k: &str| v["legit_client"][k]["p99_ms"].as_f64().unwrap_or(f64::NAN);
+    t.push(Target::new(
+        format!("S5 {S5_COOKIES}: p99 / no-attack p99"),
+        p99(S5_COOKIES) / p99("no attack"),
+        AtMost,
+        2.0,
+        Unit::Ratio,
+    ));
     let cp = &v["control_plane"];
     let f = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
     let import = f(&cp["import"]["seconds"]);
@@ -421,6 +481,7 @@ fn s5_table(v: &Value) -> String {
                 .map_or("-".into(), |n| n.to_string()),
             x["flood_dropped"]
                 .as_u64()
+                .or_else(|| x["flood_answered"].as_u64())
                 .map_or("-".into(), |n| n.to_string()),
         );
     }
@@ -492,7 +553,7 @@ fn report(v: &Value) -> String {
     let f = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
     let _ = writeln!(
         s,
-        "\n## Per-packet cost\n\n`BPF_PROG_TEST_RUN`, {} repetitions per run, timed around the call (the kernel\nreports whole nanoseconds, a 5% step at the floor), by a thread pinned to one CPU.\nThe scenarios are measured in {} rounds, and in each round every scenario's run\ncomes right after a run of the floor: `vs floor` is the median of those paired\nratios, and the targets use it. This machine's speed drifts over seconds (other\ntenants); a floor measured once, a minute before a scenario, moved ratios by more\nthan 10% between runs of the bench, while the paired ratios hold. S1 and S2\n(one source) run the shipped program, as does xdp-filter (xdp-tools, a real XDP\npeer, its program test-run the same way with the blocked source in its list).\nBefore it is timed, every scenario is run and its verdict read back (the XDP\nreturn code and, for Rampart, the action and reason that counted 99% of the\npackets): `path` shows it, and a scenario on the wrong path fails its targets\nand the bench. Multi-source scenarios run a benchmark build\nwhose prologue rewrites the IPv4 source on every packet (cycling through N sources,\nor random for S4), so they are not one-key hot-cache figures; that prologue costs\na few ns, included in S3 and S4.\n\n![per-packet cost](benchmarks.svg)\n\n| scenario | path | ns/packet | min-max | vs floor | min-max |\n|---|---|---|---|---|---|",
+        "\n## Per-packet cost\n\n`BPF_PROG_TEST_RUN`, {} repetitions per run, timed around the call (the kernel\nreports whole nanoseconds, a 5% step at the floor), by a thread pinned to one CPU.\nThe scenarios are measured in {} rounds, and in each round every scenario's run\ncomes right after a run of the floor: `vs floor` is the median of those paired\nratios, and the targets use it. This machine's speed drifts over seconds (other\ntenants); a floor measured once, a minute before a scenario, moved ratios by more\nthan 10% between runs of the bench, while the paired ratios hold. S1 and S2\n(one source) run the shipped program, as does xdp-filter (xdp-tools, a real XDP\npeer, its program test-run the same way with the blocked source in its list).\nBefore it is timed, every scenario is run and its verdict read back (the XDP\nreturn code and, for Rampart, the action and reason that counted 99% of the\npackets): `path` shows it, and a scenario on the wrong path fails its targets\nand the bench. Multi-source scenarios run a benchmark build\nwhose prologue rewrites the IPv4 source on every packet (cycling through N sources,\nor random for S4 and S8), so they are not one-key hot-cache figures; that prologue costs\na few ns, included in S3, S4 and S8. S4 runs with the newcomer budget off, to\ntime the rate table itself; S8 with it on (1000/s), every packet a new source\nover the budget. S7's prologue writes its SYN back over the last run's SYN-ACK\n(`BPF_PROG_TEST_RUN` repeats on what the program left) from a random source;\n`S7 SYN rebuild alone` times that prologue by itself, and S7's target is taken\nnet of it.\n\n![per-packet cost](benchmarks.svg)\n\n| scenario | path | ns/packet | min-max | vs floor | min-max |\n|---|---|---|---|---|---|",
         v["per_packet"]["floor"]["repeat"], v["per_packet"]["S1 pass"]["runs"]
     );
     for (k, x) in v["per_packet"].as_object().cloned().unwrap_or_default() {
@@ -510,24 +571,34 @@ fn report(v: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## Throughput over veth\n\nA live-frames generator (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`,\nXDP_TX) in one namespace sends {} frames per run into a veth whose peer, in\nanother namespace, runs the filter under test (the shipped program attached\nnatively, or nftables/iptables in the kernel stack); the generator varies the\nsources. Rate = frames the receiving veth counted / generator time. The filters\nare measured in rounds, each filter set up, run once and taken down in every\nround; `vs nftables meter` is the median of the ratios to the meter's run in\nthe same round. On a 2-vCPU VM generator and receiver share\nthe CPU the generator runs on (veth processes XDP_TX frames in the sender's\nNAPI context), so these are lower bounds for a real NIC.\n\n| filter | Mpps | min-max | vs nftables meter | min-max |\n|---|---|---|---|---|",
+        "\n## Throughput over veth\n\nA live-frames generator (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`,\nXDP_TX) in one namespace sends {} frames per run into a veth whose peer, in\nanother namespace, runs the filter under test (the shipped program attached\nnatively, or nftables/iptables in the kernel stack); the generator varies the\nsources. Rate = frames the receiving veth counted / generator time. The filters\nare measured in rounds, each filter set up, run once and taken down in every\nround; `vs nftables meter` is the median of the ratios to the meter's run in\nthe same round. On a 2-vCPU VM generator and receiver share\nthe CPU the generator runs on (veth processes XDP_TX frames in the sender's\nNAPI context), so these are lower bounds for a real NIC.\n\nS7 sends SYNs from a random source each to a port with a listener behind the\nDUT's veth: Rampart's row has its policy in SYN cookie mode (every SYN\nanswered at XDP, the SYN-ACKs sent back with XDP_TX), and the kernel's row\nhas no filter and `tcp_syncookies = 2`, its rate the SYN cookies the kernel\nsent (`SyncookiesSent`). The share of S7's flood that reached the stack is\nthe DUT namespace's `Ip: InReceives` over the frames sent. S8 sends UDP\ndatagrams from a random source each into a policy with a newcomer budget\n(1000/s).\n\n| filter | Mpps | min-max | vs nftables meter | min-max | vs kernel SYN cookies |\n|---|---|---|---|---|---|",
         v["throughput"]["floor"]["frames"]
     );
     for (k, x) in v["throughput"].as_object().cloned().unwrap_or_default() {
+        if x["median_mpps"].is_null() {
+            continue;
+        }
         let _ = writeln!(
             s,
-            "| {k} | {:.2} | {:.2}-{:.2} | {:.2}x | {:.2}-{:.2}x |",
+            "| {k} | {:.2} | {:.2}-{:.2} | {:.2}x | {:.2}-{:.2}x | {:.2}x |",
             f(&x["median_mpps"]),
             f(&x["min_mpps"]),
             f(&x["max_mpps"]),
             f(&x["vs_meter"]),
             f(&x["vs_meter_min"]),
             f(&x["vs_meter_max"]),
+            f(&x["vs_kernel_cookies"]),
         );
     }
+    let share = &v["throughput"]["S7 flood share reaching the stack"];
     let _ = writeln!(
         s,
-        "\n## This run\n\n{verdict}\n\n{peer}\n\nHow the costs got where they are, with figures from earlier runs: [optimisations.md](optimisations.md).\n\n## Legitimate client (S5)\n\nA real service (Python's HTTP server) in the server namespace behind the agent,\nwith a `web` policy of 200 packets/s per source on its port. A client makes\nsequential requests with curl from its own address: without attack, during an\nhping3 SYN flood from one source over its limit (S3), and during a SYN flood\nwith a random source on every packet (S4). `flood dropped` is what the rate\nlimit dropped while the client ran, and `flood seen` every packet the program\ncounted meanwhile: a flood phase counts only if the program saw at least\n10,000 packets, since a spoofed flood passes (every source is new).\n\n{s5}\n## Control plane (S6)\n\nA live agent in a namespace: `rampart block import` of a generated file (4/5\naddresses, 1/5 /24s) through the control socket and batch map updates; the\nagent's resident memory after it; `rampart block add` timed end to end (the map\nis updated before the command returns, and a packet sent right after is checked\nto be dropped); a one-million-entry feed file applied with `rampart feeds\nrefresh` (fetch, parse, guards, staged swap); `/metrics` fetched ten times\nduring an hping3 SYN flood. The agent is the release build. Times include\nstarting the `rampart`/`curl` process.\n\nRaw figures: [bench-results.json](bench-results.json).",
+        "\nS7's flood reaching the stack: {} of {} frames.",
+        share["reached"], share["sent"]
+    );
+    let _ = writeln!(
+        s,
+        "\n## This run\n\n{verdict}\n\n{peer}\n\nHow the costs got where they are, with figures from earlier runs: [optimisations.md](optimisations.md).\n\n## Legitimate client (S5)\n\nA real service (Python's HTTP server) in the server namespace behind the agent,\nwith a `web` policy of 200 packets/s per source on its port. A client makes\nsequential requests with curl from its own address: without attack, during an\nhping3 SYN flood from one source over its limit (S3), during a SYN flood\nwith a random source on every packet (S4), and during the same spoofed flood\nwith the policy in SYN cookie mode (S7; `flood dropped` there is what the\nprogram answered with a cookie). `flood dropped` is what the rate\nlimit dropped while the client ran, and `flood seen` every packet the program\ncounted meanwhile: a flood phase counts only if the program saw at least\n10,000 packets, since a spoofed flood passes (every source is new).\n\n{s5}\n## Control plane (S6)\n\nA live agent in a namespace: `rampart block import` of a generated file (4/5\naddresses, 1/5 /24s) through the control socket and batch map updates; the\nagent's resident memory after it; `rampart block add` timed end to end (the map\nis updated before the command returns, and a packet sent right after is checked\nto be dropped); a one-million-entry feed file applied with `rampart feeds\nrefresh` (fetch, parse, guards, staged swap); `/metrics` fetched ten times\nduring an hping3 SYN flood. The agent is the release build. Times include\nstarting the `rampart`/`curl` process.\n\nRaw figures: [bench-results.json](bench-results.json).",
         s5 = s5_table(v),
         verdict = verdict(v),
         peer = peer_comparison(v)
@@ -731,5 +802,24 @@ mod tests {
             "{}",
             s4.measured
         );
+    }
+
+    #[test]
+    fn s7_is_judged_net_of_the_bench_rebuild_and_only_on_its_path() {
+        let mut run = good_run();
+        let scenario = |r: f64| json!({"vs_floor": r, "verdict": {"ok": true}});
+        run["per_packet"][S7_ANSWER] = scenario(5.0);
+        run["per_packet"][S7_REBUILD] = scenario(2.5);
+        let what = "S7 SYN cookie answer, net of the bench's SYN rebuild: cost / floor";
+        let s7 = |run: &Value| {
+            let t = targets(run);
+            let x = target(&t, what);
+            (x.met, x.measured.clone())
+        };
+        assert_eq!(s7(&run), (true, "3.50x".to_string()));
+        run["per_packet"][S7_REBUILD]["verdict"]["ok"] = json!(false);
+        assert!(!s7(&run).0, "the rebuild on the wrong path");
+        run["per_packet"][S7_REBUILD] = scenario(1.5);
+        assert_eq!(s7(&run), (false, "4.50x".to_string()));
     }
 }

@@ -24,11 +24,16 @@ struct VmTest {
     env: &'static [(&'static str, &'static str)],
 }
 
-/// The decision tables, the evasion and differential tests, and the attach
-/// smoke test with the release agent.
+/// The decision tables, the flood defence's answers (SYN-ACKs from the
+/// kernel's own cookie helpers), the evasion and differential tests, and
+/// the attach smoke test with the release agent.
 const TESTS: &[VmTest] = &[
     VmTest {
         target: "datapath",
+        env: &[],
+    },
+    VmTest {
+        target: "flood",
         env: &[],
     },
     VmTest {

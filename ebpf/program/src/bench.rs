@@ -1,8 +1,10 @@
 //! The benchmark object: `rampart_varied` is the production filter behind a
 //! prologue that rewrites the IPv4 source per packet (so multi-source and
 //! spoofed floods are not one-key hot-cache figures), `floor` is the empty
-//! XDP_DROP program every cost is compared with, and `generator` transmits
-//! frames back out (XDP_TX) for live-frames throughput runs.
+//! XDP_DROP program every cost is compared with, `generator` transmits
+//! frames back out (XDP_TX) for live-frames throughput runs, and
+//! `syn_rebuild` is the prologue of mode 3 alone (its cost, to take out of
+//! the SYN cookie figure).
 #![no_std]
 #![no_main]
 #![expect(
@@ -19,17 +21,26 @@ mod runtime;
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::generated::{bpf_xdp_adjust_tail, bpf_xdp_store_bytes},
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 
 /// [0]: mode (0 keep, 1 cycle over [1] sources (a power of two), 2 a random source each
-/// packet); for `rampart_varied` and `generator` alike.
+/// packet, 3 the SYN of `BENCH_FRAME` rebuilt from a random source); for
+/// `rampart_varied` and `generator` alike.
 #[map]
 static BENCH: Array<u32> = Array::with_max_entries(2, 0);
 #[map]
 static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+/// Mode 3's SYN, [`SYN_LEN`] bytes: the cookie answer turns the frame into
+/// a SYN-ACK, and `BPF_PROG_TEST_RUN` runs each repeat on what the last
+/// left, so the prologue writes the SYN back first.
+#[map]
+static BENCH_FRAME: Array<[u8; 64]> = Array::with_max_entries(1, 0);
+/// An untagged IPv4 SYN without options or payload.
+const SYN_LEN: u32 = 54;
 
 /// Offset of the IPv4 source in an untagged frame.
 const SRC: usize = 14 + 12;
@@ -56,26 +67,57 @@ fn vary_source(ctx: &XdpContext) {
             // a division, keeps the prologue cheap.
             0x0a00_0000 | (s & (n - 1))
         }
-        // A per-CPU xorshift rather than `bpf_get_prandom_u32`: a helper
-        // call would charge the spoofed flood for the generator's work.
         2 => {
-            let Some(seq) = BENCH_SEQ.get_ptr_mut(0) else {
+            let Some(x) = next_random() else {
                 return;
             };
-            // SAFETY: per-CPU value, only this CPU writes it.
-            unsafe {
-                let mut x = *seq | 1;
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                *seq = x;
-                x
-            }
+            x
+        }
+        3 => {
+            rebuild_syn(ctx);
+            return;
         }
         _ => return,
     };
     // SAFETY: [start + SRC, +4) is inside the packet (checked above).
     unsafe { ((start + SRC) as *mut [u8; 4]).write_unaligned(src.to_be_bytes()) };
+}
+
+/// A per-CPU xorshift rather than `bpf_get_prandom_u32`: a helper call
+/// would charge the spoofed flood for the generator's work.
+#[inline(always)]
+fn next_random() -> Option<u32> {
+    let seq = BENCH_SEQ.get_ptr_mut(0)?;
+    // SAFETY: per-CPU value, only this CPU writes it.
+    unsafe {
+        let mut x = *seq | 1;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *seq = x;
+        Some(x)
+    }
+}
+
+/// Writes `BENCH_FRAME`'s SYN over the frame, from a random source.
+#[inline(always)]
+fn rebuild_syn(ctx: &XdpContext) {
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    let delta = SYN_LEN as i32 - len as i32;
+    // SAFETY: a context helper; on failure the frame is left as it was.
+    if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return;
+    }
+    let (Some(syn), Some(src)) = (BENCH_FRAME.get_ptr_mut(0), next_random()) else {
+        return;
+    };
+    let mut src = (0x0a00_0000 | (src & 0x00ff_ffff)).to_be_bytes();
+    // SAFETY: the map value holds 64 bytes, the stack copy 4; the frame is
+    // SYN_LEN bytes long now.
+    unsafe {
+        bpf_xdp_store_bytes(ctx.ctx, 0, syn.cast(), SYN_LEN);
+        bpf_xdp_store_bytes(ctx.ctx, SRC as u32, src.as_mut_ptr().cast(), 4);
+    }
 }
 
 #[xdp]
@@ -86,6 +128,12 @@ pub fn rampart_varied(ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn syn_rebuild(ctx: XdpContext) -> u32 {
+    vary_source(&ctx);
     xdp_action::XDP_DROP
 }
 
