@@ -389,3 +389,22 @@ fn the_newcomer_budget_caps_a_spoofed_flood_and_spares_tracked_and_verified_sour
         "a verified source skips the spent budget"
     );
 }
+
+#[test]
+fn the_verified_hint_is_consulted_and_rebuilt_from_live_entries() {
+    let (_l, port) = listen();
+    let mut p = plane_with(&[cookie_policy(port, syn_cookies::ON)], Some(port));
+    let src = "192.0.2.60";
+    let syn = F::new(src, SERVER4, 6, 40060, port).payload(0).build();
+    let hour = 3_600_000_000_000;
+    p.dp.set_verified(src.parse().unwrap(), now_ns() + hour)
+        .unwrap();
+    assert_eq!(p.run(&syn).action_name(), "pass", "verified: no challenge");
+    // A rebuild as of a time past the entry's expiry leaves its bit out:
+    // the program then does not even look the source up.
+    p.dp.rebuild_verified_hint(now_ns() + 2 * hour).unwrap();
+    assert_eq!(p.run(&syn).action_name(), "challenge");
+    // Rebuilt as of now, the live entry's bit is back.
+    p.dp.rebuild_verified_hint(now_ns()).unwrap();
+    assert_eq!(p.run(&syn).action_name(), "pass");
+}

@@ -341,6 +341,13 @@ async fn housekeeping(shared: Arc<Shared>) {
         if n % 10 == 1 {
             lock(&shared.core).refresh_slow_counts();
         }
+        // The verified-source hint gathers bits of sources long gone.
+        if n % 600 == 300 {
+            let mut core = lock(&shared.core);
+            if let Err(e) = core.dp.rebuild_verified_hint(crate::clock::mono_ns()) {
+                tracing::warn!("rebuilding the verified-source hint failed: {e}");
+            }
+        }
     }
 }
 

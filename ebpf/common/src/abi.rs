@@ -52,6 +52,7 @@ pub mod map_name {
         FLOOD,
         VERIFIED_V4,
         VERIFIED_V6,
+        VERIFIED_HINT,
     );
 }
 
@@ -483,6 +484,10 @@ pub struct FloodState {
     pub newcomer_tokens: u64,
     pub newcomer_last_ns: u64,
 }
+
+/// Words of `VERIFIED_HINT`, a bitmap with a bit per hashed address that
+/// is set when a source is verified (see [`crate::flood::verified_hint`]).
+pub const VERIFIED_HINT_WORDS: u32 = 1 << 15;
 
 /// A verified source: when it stops being one (monotonic ns). Values of
 /// the LRU tables `VERIFIED_V4` (keyed by the address word) and

@@ -2,9 +2,26 @@
 //! that engages `auto` cookie mode, and the newcomer budget. The decision
 //! that uses them is in [`crate::decide`].
 use crate::{
-    abi::{CALM_WINDOWS, FloodState, Policy, SYN_WINDOW_NS, syn_cookies},
+    abi::{
+        Addr, CALM_WINDOWS, FloodState, Policy, SYN_WINDOW_NS, VERIFIED_HINT_WORDS, syn_cookies,
+    },
     bucket::{SCALE, refill},
 };
+
+/// The word and bit of `VERIFIED_HINT` for an address: a keyed hash, so
+/// sources cannot aim at each other's bits. The data plane reads the
+/// verified tables only when the bit is set, so a spoofed flood, whose
+/// sources are never verified, costs an array read instead of a hash miss
+/// per packet. A set bit proves nothing (the tables decide); bits of
+/// sources no longer verified are cleared when the agent rebuilds the map.
+#[inline(always)]
+pub fn verified_hint(addr: &Addr, seed: u64) -> (u32, u64) {
+    let x = addr.words[0] ^ addr.words[1].rotate_left(29) ^ seed;
+    let h = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let bits = VERIFIED_HINT_WORDS.trailing_zeros() + 6;
+    let index = (h >> (64 - bits)) as u32;
+    (index >> 6, 1u64 << (index & 63))
+}
 
 /// Counts one SYN to the policy's ports. `auto` mode engages as soon as the
 /// current window's count passes `syn_above`; it disengages once

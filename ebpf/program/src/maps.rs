@@ -15,12 +15,13 @@ use rampart_common::{
     abi::{
         Addr, BanEntry, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, Event, FloodState,
         ListEntry, MAX_IFINDEX, MAX_POLICIES, Policy, RateBuckets, RateExtra, RateSet, V4Key,
-        V6Key, Verified, action, event_kind, list_table_index, slash24, stat,
+        V6Key, VERIFIED_HINT_WORDS, Verified, action, event_kind, list_table_index, slash24, stat,
     },
     decide::{
         AckCheck, BanStarted, List, Metered, Tables, Verdict, meter, prefix_lens, probe_ban_v4,
         probe_ban_v6, probe_list_v4, probe_list_v6, start_ban, v4_list_may_match,
     },
+    flood::verified_hint,
     list_table::{self, V4Slot, V6Slot},
     parse::{Packet, Parsed, Source},
 };
@@ -93,6 +94,9 @@ static FLOOD: Array<FloodState> = Array::with_max_entries(MAX_POLICIES, 0);
 static VERIFIED_V4: LruHashMap<u32, Verified> = LruHashMap::with_max_entries(1 << 16, 0);
 #[map]
 static VERIFIED_V6: LruHashMap<Addr, Verified> = LruHashMap::with_max_entries(1 << 16, 0);
+/// Which addresses may be verified (`rampart_common::flood::verified_hint`).
+#[map]
+static VERIFIED_HINT: Array<u64> = Array::with_max_entries(VERIFIED_HINT_WORDS, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
@@ -546,6 +550,10 @@ impl Tables for BpfTables<'_> {
 
     #[inline(always)]
     fn verified(&self, src: &Source, now: u64) -> bool {
+        let (word, bit) = verified_hint(&src.addr, self.cfg.hash_seed);
+        if VERIFIED_HINT.get(word).is_some_and(|w| w & bit == 0) {
+            return false;
+        }
         // SAFETY: read at once.
         let found = unsafe {
             if src.family == 4 {
@@ -559,6 +567,12 @@ impl Tables for BpfTables<'_> {
 
     #[inline(always)]
     fn set_verified(&self, src: &Source, expires_ns: u64) {
+        let (word, bit) = verified_hint(&src.addr, self.cfg.hash_seed);
+        if let Some(w) = VERIFIED_HINT.get_ptr_mut(word) {
+            // SAFETY: a valid map value. A lost race on the word can leave
+            // a bit clear: that source is challenged again and re-proves.
+            unsafe { *w |= bit };
+        }
         let v = Verified { expires_ns };
         // A full LRU table makes room; an error only means this source
         // proves itself again.
