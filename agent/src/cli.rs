@@ -100,8 +100,10 @@ pub enum FeedsCmd {
 
 #[derive(Args)]
 pub struct AgentArgs {
-    #[arg(long, default_value = config::DEFAULT_PATH)]
-    pub config: PathBuf,
+    /// The config file (default /etc/rampart/rampart.toml; only when that
+    /// default is absent does the embedded default run).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Validate FILE and exit (0: valid).
     #[arg(long, value_name = "FILE")]
     pub check_config: Option<PathBuf>,

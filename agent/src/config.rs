@@ -265,16 +265,32 @@ fn line_of(text: &str, offset: usize) -> usize {
 pub fn load(path: &Path) -> Result<Validated, ConfigErrors> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse(&text, &path.display().to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            parse(EMBEDDED_DEFAULT, "<embedded default>")
+        Err(e) => {
+            let message = if e.kind() == std::io::ErrorKind::NotFound {
+                "does not exist; nothing was changed (a missing file never means the \
+                 embedded default once a path is given or the agent is running)"
+                    .to_string()
+            } else {
+                format!("cannot read: {e}")
+            };
+            Err(ConfigErrors(vec![ConfigError {
+                file: path.display().to_string(),
+                line: 0,
+                key: String::new(),
+                message,
+            }]))
         }
-        Err(e) => Err(ConfigErrors(vec![ConfigError {
-            file: path.display().to_string(),
-            line: 0,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        }])),
     }
+}
+
+/// The config an agent starts with: the file at `path`, which must exist
+/// when it was `given`. Only the default path may be absent: then the
+/// embedded default runs, and the second value says so.
+pub fn load_at_start(path: &Path, given: bool) -> Result<(Validated, bool), ConfigErrors> {
+    if !given && !path.exists() {
+        return parse(EMBEDDED_DEFAULT, "<embedded default>").map(|v| (v, true));
+    }
+    load(path).map(|v| (v, false))
 }
 
 /// Parses and validates a config text; `file` names it in errors.

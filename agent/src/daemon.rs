@@ -24,6 +24,7 @@ use crate::{
     config::{self, LogFormat, Validated},
     datapath::{Datapath, MAP_NAMES},
     host,
+    instance::InstanceLock,
     metrics::Metrics,
     persist,
     reload::{hash_of, reload, sync_interfaces},
@@ -34,6 +35,8 @@ use crate::{
 
 pub struct AgentOptions {
     pub config: PathBuf,
+    /// `--config` was given: the file must exist.
+    pub config_given: bool,
     pub log_format: Option<LogFormat>,
     /// Recreate the maps (to apply new capacities); runtime state comes back
     /// from the state file.
@@ -46,9 +49,15 @@ pub fn pin_dir(bpffs: &Path) -> PathBuf {
 }
 
 pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
-    let cfg =
-        config::load(&opts.config).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let (cfg, embedded) = config::load_at_start(&opts.config, opts.config_given)
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     init_logging(opts.log_format.unwrap_or(cfg.config.agent.log_format));
+    if embedded {
+        tracing::warn!(
+            path = %opts.config.display(),
+            "no config file: running on the embedded default (a reload needs the file)"
+        );
+    }
     let missing = host::missing_capabilities();
     if !missing.is_empty() {
         bail!(
@@ -66,6 +75,9 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
             root.display()
         );
     }
+    // Before anything touches a pin: a second agent on these pins would
+    // change the running one's maps before finding its socket taken.
+    let _one_agent = InstanceLock::take(&bpffs)?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

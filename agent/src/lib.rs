@@ -16,6 +16,7 @@ pub mod explain;
 pub mod feed;
 pub mod feeds;
 pub mod host;
+pub mod instance;
 pub mod kernel;
 mod list_table;
 pub mod metrics;

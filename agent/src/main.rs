@@ -30,7 +30,8 @@ fn main() {
                 }
             } else {
                 let opts = AgentOptions {
-                    config: args.config,
+                    config_given: args.config.is_some(),
+                    config: args.config.unwrap_or_else(|| config::DEFAULT_PATH.into()),
                     log_format: args.log_format.map(Into::into),
                     replace_maps: args.replace_maps,
                 };
@@ -43,8 +44,8 @@ fn main() {
                 }
             }
         }
-        Command::Detach { config: path } => match config::load(&path) {
-            Ok(v) => {
+        Command::Detach { config: path } => match config::load_at_start(&path, false) {
+            Ok((v, _)) => {
                 let dir = daemon::pin_dir(&v.config.agent.bpffs);
                 let n = attach::detach_all(&dir);
                 let _ = std::fs::remove_dir_all(&dir);

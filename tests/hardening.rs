@@ -1,0 +1,108 @@
+//! Ways protection could be turned off by mistake, each tried against a
+//! live agent: a second agent on the same pins, and a config file missing
+//! when the agent starts or reloads.
+use std::process::Command;
+
+use rampart_tests::lab::{Lab, eventually, rampart_bin};
+
+/// The lab's blocklist as `rampart block list` shows it.
+fn blocked(lab: &Lab) -> Vec<String> {
+    let rows = lab.cli_json(&["block", "list"]).unwrap_or_default();
+    let mut v: Vec<String> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["prefix"].as_str().map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_second_agent_on_the_same_pins_is_refused_before_it_changes_anything() -> anyhow::Result<()> {
+    let mut lab = Lab::new("hb", 125, "")?;
+    let first = lab.client_ips[1].clone();
+    let second = lab.client_ips[2].clone();
+    lab.write_config(&format!("[blocklist]\nentries = [\"{first}\"]\n"))?;
+    lab.start()?;
+    let before = blocked(&lab);
+    assert_eq!(before, [first.clone()]);
+    let pid = lab.agent_pid().expect("the first agent runs");
+    // The same pins, its own socket, metrics port and state, and a config
+    // that would block another address and drop this one.
+    let other = lab.dir.join("other.toml");
+    let text = lab
+        .config_text(&format!("[blocklist]\nentries = [\"{second}\"]\n"))
+        .replace(
+            &lab.socket.display().to_string(),
+            "/tmp/rampart-hb-other.sock",
+        )
+        .replace(
+            &format!("127.0.0.1:{}", lab.metrics_port),
+            "127.0.0.1:19901",
+        )
+        .replace(
+            &format!("{}/state", lab.dir.display()),
+            &format!("{}/other-state", lab.dir.display()),
+        );
+    std::fs::write(&other, text)?;
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.srv.name))
+        .arg(rampart_bin())
+        .args(["agent", "--config"])
+        .arg(&other)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("another rampart agent (pid {pid})"))
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(blocked(&lab), before, "the running agent's lists");
+    assert_eq!(lab.ping(&first, 2, "0.2"), 0, "still dropped");
+    assert_eq!(lab.ping(&second, 2, "0.2"), 2, "still served");
+    Ok(())
+}
+
+#[test]
+fn a_config_file_missing_at_reload_changes_nothing_and_is_reported() -> anyhow::Result<()> {
+    let mut lab = Lab::new("hm", 126, "")?;
+    let client = lab.client_ips[1].clone();
+    lab.write_config(&format!("[blocklist]\nentries = [\"{client}\"]\n"))?;
+    lab.start()?;
+    let away = lab.dir.join("rampart.toml.away");
+    std::fs::rename(&lab.config, &away)?;
+    lab.sighup();
+    let reported = eventually(10, || {
+        lab.cli_json(&["status"]).is_ok_and(|s| {
+            s["reload"]["last_result"] == "failed"
+                && s["reload"]["errors"][0]
+                    .as_str()
+                    .is_some_and(|e| e.contains("does not exist"))
+        })
+    });
+    assert!(reported, "{}", lab.cli_ok(&["status"])?);
+    assert_eq!(blocked(&lab), [client.clone()], "the config's entries stay");
+    assert_eq!(lab.ping(&client, 2, "0.2"), 0, "still dropped");
+    // Back in place, the next reload applies it again.
+    std::fs::rename(&away, &lab.config)?;
+    lab.cli_ok(&["reload"])?;
+    let s = lab.cli_json(&["status"])?;
+    assert_eq!(s["reload"]["last_result"], "ok", "{s}");
+    Ok(())
+}
+
+#[test]
+fn a_given_config_file_that_is_missing_stops_the_agent_at_start() {
+    let missing = std::env::temp_dir().join("rampart-no-such-config.toml");
+    let _ = std::fs::remove_file(&missing);
+    let child = Command::new(rampart_bin())
+        .args(["agent", "--config"])
+        .arg(&missing)
+        .output()
+        .expect("run the agent");
+    let err = String::from_utf8_lossy(&child.stderr);
+    assert_eq!(child.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+}
