@@ -11,7 +11,7 @@ use std::{
 
 use rampart_tests::{
     lab::{Lab, eventually},
-    netns::XdpPass,
+    netns::XdpWire,
     traffic::Delivered,
 };
 
@@ -108,12 +108,16 @@ fn client_tx(lab: &Lab) -> u64 {
         .unwrap_or(0)
 }
 
-/// A lab with the flood policies, whose client side takes the SYN-ACKs the
-/// program sends back: a veth delivers `XDP_TX` frames only to a peer that
-/// runs XDP itself (a NIC sends them on the wire).
-fn lab(name: &str, net: u8, policy: &str) -> anyhow::Result<(Lab, XdpPass)> {
+/// A lab with the flood policies, whose client side takes the SYN-ACKs for
+/// its own addresses and drops the spoofed sources' (see `XdpWire`).
+fn lab(name: &str, net: u8, policy: &str) -> anyhow::Result<(Lab, XdpWire)> {
     let mut lab = Lab::new(name, net, policy)?;
-    let pass = XdpPass::attach(&lab.cli, &format!("{name}1"))?;
+    let local: Vec<std::net::Ipv4Addr> = lab
+        .client_ips
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let pass = XdpWire::attach(&lab.cli, &format!("{name}1"), &local)?;
     lab.start()?;
     Ok((lab, pass))
 }

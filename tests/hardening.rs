@@ -26,7 +26,7 @@ fn a_second_agent_on_the_same_pins_is_refused_before_it_changes_anything() -> an
     lab.write_config(&format!("[blocklist]\nentries = [\"{first}\"]\n"))?;
     lab.start()?;
     let before = blocked(&lab);
-    assert_eq!(before, [first.clone()]);
+    assert_eq!(before, std::slice::from_ref(&first));
     let pid = lab.agent_pid().expect("the first agent runs");
     // The same pins, its own socket, metrics port and state, and a config
     // that would block another address and drop this one.
@@ -83,7 +83,11 @@ fn a_config_file_missing_at_reload_changes_nothing_and_is_reported() -> anyhow::
         })
     });
     assert!(reported, "{}", lab.cli_ok(&["status"])?);
-    assert_eq!(blocked(&lab), [client.clone()], "the config's entries stay");
+    assert_eq!(
+        blocked(&lab),
+        std::slice::from_ref(&client),
+        "the config's entries stay"
+    );
     assert_eq!(lab.ping(&client, 2, "0.2"), 0, "still dropped");
     // Back in place, the next reload applies it again.
     std::fs::rename(&away, &lab.config)?;

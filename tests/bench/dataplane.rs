@@ -24,7 +24,7 @@ use rampart_common::{
 };
 use rampart_tests::{
     frames::FrameBuilder,
-    netns::{self, InNetns, Netns, Veth, XdpPass, sh},
+    netns::{self, InNetns, Netns, Veth, XdpWire, sh},
 };
 use serde_json::{Value, json};
 
@@ -836,7 +836,13 @@ impl Receiver<'_> {
             Filter::RampartBudget => {
                 with_xdp(self.dut, self.budget.program_mut().expect("prog"), f)
             }
-            Filter::KernelCookies => with_stack(self.dut, &["true"], &["true"], f),
+            // Its SYN-ACKs need a route back to their spoofed sources.
+            Filter::KernelCookies => with_stack(
+                self.dut,
+                &["ip", "route", "add", "default", "via", "10.250.0.2"],
+                &["ip", "route", "del", "default"],
+                f,
+            ),
             Filter::Hashlimit => {
                 let mut setup = vec!["iptables"];
                 setup.extend(HASHLIMIT);
@@ -878,17 +884,15 @@ fn throughput() -> BTreeMap<String, Value> {
         if quick() { 1000 } else { 100_000 },
         "10.0.0.1",
     );
-    // S7 and S8: a listener on the web port behind the DUT's veth, and the
-    // kernel issuing cookies for it (what the agent sets for cookie mode).
+    // S7: the kernel issues cookies for a listener on the web port behind
+    // the DUT's veth (what the agent sets for cookie mode); the listener
+    // exists only in S7's rows, so that SYNs other rows pass meet none.
+    // The generator's end takes SYN-ACKs as a wire would: to spoofed
+    // addresses they go nowhere.
     dut.exec(&["sysctl", "-q", "-w", "net.ipv4.tcp_syncookies=2"])
         .expect("tcp_syncookies in the DUT namespace");
-    let mut listener = dut
-        .command("python3")
-        .args(["-m", "http.server", "443", "--bind", "10.250.0.1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("a listener in the DUT namespace");
+    let _wire = XdpWire::attach(&gen_ns, "rbg0", &["10.250.0.2".parse().expect("address")])
+        .expect("XDP on the generator's end");
     let mut cookies = load_shipped(1024);
     cookies.set_policies(&cookie_policy()).expect("policies");
     let mut budget = load_shipped(1024);
@@ -971,6 +975,11 @@ fn throughput() -> BTreeMap<String, Value> {
             vary(&mut gen_dp, row.mode, row.n);
             let generator = gen_dp.dp.other_program("generator").expect("generator");
             let frame = if row.udp { &udp } else { &frame };
+            let cookies = matches!(row.filter, Filter::RampartCookies | Filter::KernelCookies);
+            let _listener = cookies.then(|| {
+                let _in = InNetns::enter(&dut).expect("enter the DUT namespace");
+                std::net::TcpListener::bind("10.250.0.1:443").expect("S7's listener")
+            });
             let (handled, secs, reached) = rx.with(row.filter, || {
                 let before = rx_packets(&dut, "rbd0");
                 let (cookies0, stack0) = kernel_counts(&dut);
@@ -992,8 +1001,6 @@ fn throughput() -> BTreeMap<String, Value> {
             rates.push(handled as f64 / secs / 1e6);
         }
     }
-    let _ = listener.kill();
-    let _ = listener.wait();
 
     // Each rate against the meter's in the same round.
     let meter = rows
@@ -1166,9 +1173,14 @@ fn legit_client() -> BTreeMap<String, Value> {
         "[[policy]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [\"8080\"]\npps = 200\nburst = 400\n",
     )
     .expect("lab");
-    // The S7 phase's SYN-ACKs leave by XDP_TX; a veth hands those only to
-    // a peer that runs XDP.
-    let _pass = XdpPass::attach(&lab.cli, "b51").expect("XDP on the client's veth");
+    // The S7 phase's SYN-ACKs leave by XDP_TX: the client's end delivers
+    // its own and drops those to the spoofed sources, as a network would.
+    let local: Vec<std::net::Ipv4Addr> = lab
+        .client_ips
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let _wire = XdpWire::attach(&lab.cli, "b51", &local).expect("XDP on the client's veth");
     lab.start().expect("agent");
     let mut server = lab
         .srv

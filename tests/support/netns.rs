@@ -134,11 +134,15 @@ pub fn isolate_this_thread(tcp_syncookies: u8) -> anyhow::Result<()> {
     .context("setting net.ipv4.tcp_syncookies in the test's namespace")
 }
 
-/// An XDP program that passes every packet, attached natively to an
-/// interface inside a namespace for as long as this lives. A veth delivers
-/// the frames its peer sends with `XDP_TX` only to an end that runs XDP
-/// itself, so the flood tests give the client's end this one.
-pub struct XdpPass {
+/// The client's end of a wire, as an XDP program attached natively to an
+/// interface in a namespace for as long as this lives: it delivers frames
+/// addressed to the namespace's own IPv4 addresses (and every non-IPv4
+/// frame) and drops the rest. A spoofed flood's answers (SYN-ACKs to its
+/// spoofed sources) would go to those sources on a real network, not back
+/// to the host that sent the flood. It is also what makes a veth deliver
+/// its peer's `XDP_TX` frames at all: it does so only to an end that runs
+/// XDP itself.
+pub struct XdpWire {
     _link: std::os::fd::OwnedFd,
 }
 
@@ -161,20 +165,70 @@ fn bpf_fd(
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
-impl XdpPass {
-    pub fn attach(ns: &Netns, ifname: &str) -> anyhow::Result<Self> {
+/// One BPF instruction.
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    code as u64
+        | ((dst | src << 4) as u64) << 8
+        | (off as u16 as u64) << 16
+        | (imm as u32 as u64) << 32
+}
+
+/// The wire's program for `local` (at most 8 addresses).
+fn wire_program(local: &[std::net::Ipv4Addr]) -> Vec<u64> {
+    const LDXW: u8 = 0x61;
+    const LDXH: u8 = 0x69;
+    const MOV_X: u8 = 0xbf;
+    const ADD_K: u8 = 0x07;
+    const JGT_X: u8 = 0x2d;
+    const JNE_K: u8 = 0x55;
+    const JEQ_K: u8 = 0x15;
+    const MOV_K: u8 = 0xb7;
+    const EXIT: u8 = 0x95;
+    let n = local.len().min(8);
+    // Instructions 0-7, the address checks, drop (2), pass (2).
+    let pass = 8 + n + 2;
+    let to_pass = |at: usize| (pass - (at + 1)) as i16;
+    let mut p = vec![
+        insn(LDXW, 2, 1, 0, 0),                // r2 = ctx->data
+        insn(LDXW, 3, 1, 4, 0),                // r3 = ctx->data_end
+        insn(MOV_X, 4, 2, 0, 0),               // r4 = r2
+        insn(ADD_K, 4, 0, 0, 34),              // r4 += Ethernet + IPv4 header
+        insn(JGT_X, 4, 3, to_pass(4), 0),      // short: pass
+        insn(LDXH, 5, 2, 12, 0),               // r5 = ethertype
+        insn(JNE_K, 5, 0, to_pass(6), 0x0008), // not IPv4 (0x0800 as read): pass
+        insn(LDXW, 5, 2, 30, 0),               // r5 = destination address
+    ];
+    for (i, a) in local.iter().take(n).enumerate() {
+        let at = 8 + i;
+        p.push(insn(
+            JEQ_K,
+            5,
+            0,
+            to_pass(at),
+            u32::from_le_bytes(a.octets()) as i32,
+        ));
+    }
+    p.push(insn(MOV_K, 0, 0, 0, 1)); // XDP_DROP
+    p.push(insn(EXIT, 0, 0, 0, 0));
+    p.push(insn(MOV_K, 0, 0, 0, 2)); // XDP_PASS
+    p.push(insn(EXIT, 0, 0, 0, 0));
+    p
+}
+
+impl XdpWire {
+    /// Attaches to `ifname` in `ns`, delivering what is addressed to `local`.
+    pub fn attach(ns: &Netns, ifname: &str, local: &[std::net::Ipv4Addr]) -> anyhow::Result<Self> {
         use std::os::fd::AsRawFd;
         const BPF_PROG_LOAD: libc::c_long = 5;
         const BPF_LINK_CREATE: libc::c_long = 28;
         const BPF_PROG_TYPE_XDP: u32 = 6;
         const BPF_XDP: u32 = 37;
         const XDP_FLAGS_DRV_MODE: u32 = 4;
-        // r0 = XDP_PASS; exit.
-        let insns: [u64; 2] = [0x0000_0002_0000_00b7, 0x0000_0000_0000_0095];
+        let insns = wire_program(local);
         let license = b"GPL\0";
         let prog = bpf_fd(BPF_PROG_LOAD, |a| {
             a[0] = BPF_PROG_TYPE_XDP;
-            a[1] = 2;
+            a[1] = insns.len() as u32;
             let p = insns.as_ptr() as u64;
             a[2] = p as u32;
             a[3] = (p >> 32) as u32;
