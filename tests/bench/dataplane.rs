@@ -737,6 +737,32 @@ struct Receiver<'a> {
     blocked: bool,
 }
 
+/// The MAC address of `dev` in `ns`.
+fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
+    let out = ns
+        .exec(&["cat", &format!("/sys/class/net/{dev}/address")])
+        .expect("the interface's address");
+    let mut mac = [0u8; 6];
+    for (b, h) in mac.iter_mut().zip(out.trim().split(':')) {
+        *b = u8::from_str_radix(h, 16).expect("a MAC address");
+    }
+    mac
+}
+
+/// Fills in the TCP checksum of an untagged IPv4 TCP frame without options.
+fn set_tcp_checksum(f: &mut [u8]) {
+    let seg = f[34..].to_vec();
+    let mut sum = f[26..34].to_vec();
+    sum.extend_from_slice(&[0, 6]);
+    sum.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    let mut seg = seg;
+    seg[16] = 0;
+    seg[17] = 0;
+    sum.extend_from_slice(&seg);
+    let c = rampart_tests::frames::checksum(&sum);
+    f[50..52].copy_from_slice(&c.to_be_bytes());
+}
+
 /// A counter of the DUT namespace's `/proc/net/snmp` (`Ip:` or `Tcp:`
 /// lines) or `/proc/net/netstat` (`TcpExt:`).
 fn ns_counter(ns: &Netns, file: &str, prefix: &str, name: &str) -> u64 {
@@ -837,12 +863,17 @@ impl Receiver<'_> {
                 with_xdp(self.dut, self.budget.program_mut().expect("prog"), f)
             }
             // Its SYN-ACKs need a route back to their spoofed sources.
-            Filter::KernelCookies => with_stack(
-                self.dut,
-                &["ip", "route", "add", "default", "via", "10.250.0.2"],
-                &["ip", "route", "del", "default"],
-                f,
-            ),
+            Filter::KernelCookies => {
+                let _pass =
+                    XdpWire::attach(self.dut, "rbd0", &["10.250.0.1".parse().expect("address")])
+                        .expect("XDP_PASS on the DUT's veth");
+                let _ = self
+                    .dut
+                    .exec(&["ip", "route", "add", "default", "via", "10.250.0.2"]);
+                let r = f();
+                let _ = self.dut.exec(&["ip", "route", "del", "default"]);
+                r
+            }
             Filter::Hashlimit => {
                 let mut setup = vec!["iptables"];
                 setup.extend(HASHLIMIT);
@@ -870,8 +901,19 @@ fn throughput() -> BTreeMap<String, Value> {
     )
     .expect("veth");
     let count: u32 = if quick() { 200_000 } else { 5_000_000 };
-    let frame = FrameBuilder::tcp("10.0.0.1", "10.250.0.1").build();
+    // Addressed to the DUT's MAC, with a correct TCP checksum: the kernel
+    // stack takes only such frames (S7's baseline).
+    let dut_mac = mac_of(&dut, "rbd0");
+    let mut frame = FrameBuilder::tcp("10.0.0.1", "10.250.0.1").build();
+    frame[..6].copy_from_slice(&dut_mac);
+    // S7's rows: a bare SYN that the generator writes whole each time.
+    let mut syn = FrameBuilder::tcp("10.0.0.1", "10.250.0.1")
+        .payload(0)
+        .build();
+    syn[..6].copy_from_slice(&dut_mac);
+    set_tcp_checksum(&mut syn);
     let mut gen_dp = load(1024);
+    set_syn_template(&mut gen_dp, &syn);
 
     // Rampart, the shipped program (the generator varies the sources): S2
     // (a blocked source, 100k entries), S3 (256 sources), S4 (spoofed).
@@ -925,16 +967,18 @@ fn throughput() -> BTreeMap<String, Value> {
             2,
             0,
         ),
+        // Mode 4: the SYN written whole from a random source, checksums
+        // right: the kernel's own cookies need them (the program does not).
         Row::tcp(
             "rampart S7 spoofed SYNs, SYN cookies",
             Filter::RampartCookies,
-            2,
+            4,
             0,
         ),
         Row::tcp(
             "kernel SYN cookies, spoofed SYNs",
             Filter::KernelCookies,
-            2,
+            4,
             0,
         ),
         Row {
@@ -966,7 +1010,8 @@ fn throughput() -> BTreeMap<String, Value> {
         Err(e) => eprintln!("iptables hashlimit unavailable: {e:?}"),
     }
 
-    let udp = FrameBuilder::udp("10.0.0.1", "10.250.0.1", 53).build();
+    let mut udp = FrameBuilder::udp("10.0.0.1", "10.250.0.1", 53).build();
+    udp[..6].copy_from_slice(&dut_mac);
     let mut rates: Vec<Vec<f64>> = rows.iter().map(|_| Vec::new()).collect();
     // S7: what reached the DUT's stack, of what was sent.
     let mut s7_reached = (0u64, 0u64);
@@ -974,8 +1019,12 @@ fn throughput() -> BTreeMap<String, Value> {
         for (row, rates) in rows.iter().zip(&mut rates) {
             vary(&mut gen_dp, row.mode, row.n);
             let generator = gen_dp.dp.other_program("generator").expect("generator");
-            let frame = if row.udp { &udp } else { &frame };
             let cookies = matches!(row.filter, Filter::RampartCookies | Filter::KernelCookies);
+            let frame = match (row.udp, cookies) {
+                (true, _) => &udp,
+                (_, true) => &syn,
+                _ => &frame,
+            };
             let _listener = cookies.then(|| {
                 let _in = InNetns::enter(&dut).expect("enter the DUT namespace");
                 std::net::TcpListener::bind("10.250.0.1:443").expect("S7's listener")

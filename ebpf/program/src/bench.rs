@@ -28,8 +28,11 @@ use aya_ebpf::{
 };
 
 /// [0]: mode (0 keep, 1 cycle over [1] sources (a power of two), 2 a random source each
-/// packet, 3 the SYN of `BENCH_FRAME` rebuilt from a random source); for
-/// `rampart_varied` and `generator` alike.
+/// packet, 3 the SYN of `BENCH_FRAME` rebuilt from a random source, 4 the
+/// same with its IPv4 and TCP checksums kept right, for frames the kernel
+/// stack must accept); for `rampart_varied` and `generator` alike. A
+/// live-frames run reuses pages with whatever an earlier run left in them,
+/// so modes 3 and 4 write their whole frame each time.
 #[map]
 static BENCH: Array<u32> = Array::with_max_entries(2, 0);
 #[map]
@@ -74,7 +77,11 @@ fn vary_source(ctx: &XdpContext) {
             x
         }
         3 => {
-            rebuild_syn(ctx);
+            rebuild_syn(ctx, false);
+            return;
+        }
+        4 => {
+            rebuild_syn(ctx, true);
             return;
         }
         _ => return,
@@ -99,9 +106,48 @@ fn next_random() -> Option<u32> {
     }
 }
 
-/// Writes `BENCH_FRAME`'s SYN over the frame, from a random source.
+/// A 16-bit one's-complement checksum after a 32-bit field in it changed
+/// from `old` to `new` (RFC 1624), all in host order.
 #[inline(always)]
-fn rebuild_syn(ctx: &XdpContext) {
+fn csum_replace(csum: u16, old: u32, new: u32) -> u16 {
+    let mut s = (!csum) as u32;
+    s += (!(old >> 16) & 0xffff) + (!old & 0xffff);
+    s += (new >> 16) + (new & 0xffff);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
+/// Sets the IPv4 source of an untagged TCP frame without options, fixing
+/// the IPv4 header and TCP checksums (the source is in the TCP pseudo-header).
+#[inline(always)]
+fn set_source_keeping_checksums(ctx: &XdpContext, src: u32) {
+    const IP_CSUM: usize = 14 + 10;
+    const TCP_CSUM: usize = 14 + 20 + 16;
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + TCP_CSUM + 2 > end {
+        return;
+    }
+    let new = 0x0a00_0000 | (src & 0x00ff_ffff);
+    // SAFETY: every offset below is under TCP_CSUM + 2, inside the packet
+    // (checked above).
+    unsafe {
+        let at = |off: usize| (start + off) as *mut u8;
+        let old = u32::from_be(at(SRC).cast::<u32>().read_unaligned());
+        at(SRC).cast::<u32>().write_unaligned(new.to_be());
+        for off in [IP_CSUM, TCP_CSUM] {
+            let c = u16::from_be(at(off).cast::<u16>().read_unaligned());
+            at(off)
+                .cast::<u16>()
+                .write_unaligned(csum_replace(c, old, new).to_be());
+        }
+    }
+}
+
+/// Writes `BENCH_FRAME`'s SYN over the frame, from a random source (with
+/// its checksums fixed, if `checksums`).
+#[inline(always)]
+fn rebuild_syn(ctx: &XdpContext, checksums: bool) {
     let len = (ctx.data_end() - ctx.data()) as u32;
     let delta = SYN_LEN as i32 - len as i32;
     // SAFETY: a context helper; on failure the frame is left as it was.
@@ -111,6 +157,12 @@ fn rebuild_syn(ctx: &XdpContext) {
     let (Some(syn), Some(src)) = (BENCH_FRAME.get_ptr_mut(0), next_random()) else {
         return;
     };
+    if checksums {
+        // SAFETY: the map value holds 64 bytes; the frame is SYN_LEN long.
+        unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, syn.cast(), SYN_LEN) };
+        set_source_keeping_checksums(ctx, src);
+        return;
+    }
     let mut src = (0x0a00_0000 | (src & 0x00ff_ffff)).to_be_bytes();
     // SAFETY: the map value holds 64 bytes, the stack copy 4; the frame is
     // SYN_LEN bytes long now.
