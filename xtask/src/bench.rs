@@ -653,8 +653,9 @@ fn flood_figures(v: &Value) -> String {
     if s8.is_finite() && s4.is_finite() {
         s += &format!(
             " A spoofed flood over the newcomer budget (S8) cost {s8:.2}x the floor per packet, \
-             against {s4:.2}x for the same flood taking rate-table slots with no budget (S4): \
-             the budget drops what S4 would have tracked."
+             against {s4:.2}x for a spoofed flood taking rate-table slots with no budget (S4): \
+             a newcomer over the budget still pays the rate-table lookup that finds it \
+             untracked, then the verified-source hint and the budget instead of a slot."
         );
     }
     let p = |k: &str| v["legit_client"][k]["p99_ms"].as_f64().unwrap_or(f64::NAN);

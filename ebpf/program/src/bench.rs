@@ -30,9 +30,9 @@ use aya_ebpf::{
 /// [0]: mode (0 keep, 1 cycle over [1] sources (a power of two), 2 a random source each
 /// packet, 3 the SYN of `BENCH_FRAME` rebuilt from a random source, 4 the
 /// same with its IPv4 and TCP checksums kept right, for frames the kernel
-/// stack must accept); for `rampart_varied` and `generator` alike. A
-/// live-frames run reuses pages with whatever an earlier run left in them,
-/// so modes 3 and 4 write their whole frame each time.
+/// stack must accept); for `rampart_varied` and `generator` alike. Modes 3
+/// and 4 write their whole frame each time: S7's answer turns the frame
+/// into a SYN-ACK, and a repeated test run starts from what it left.
 #[map]
 static BENCH: Array<u32> = Array::with_max_entries(2, 0);
 #[map]
