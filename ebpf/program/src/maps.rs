@@ -557,9 +557,9 @@ impl Tables for BpfTables<'_> {
         // SAFETY: read at once.
         let found = unsafe {
             if src.family == 4 {
-                VERIFIED_V4.get(&src.addr.v4_word()).map(|v| v.expires_ns)
+                VERIFIED_V4.get(src.addr.v4_word()).map(|v| v.expires_ns)
             } else {
-                VERIFIED_V6.get(&src.addr).map(|v| v.expires_ns)
+                VERIFIED_V6.get(src.addr).map(|v| v.expires_ns)
             }
         };
         found.is_some_and(|expires| now < expires)
@@ -577,9 +577,9 @@ impl Tables for BpfTables<'_> {
         // A full LRU table makes room; an error only means this source
         // proves itself again.
         let _ = if src.family == 4 {
-            VERIFIED_V4.insert(&src.addr.v4_word(), &v, 0)
+            VERIFIED_V4.insert(src.addr.v4_word(), v, 0)
         } else {
-            VERIFIED_V6.insert(&src.addr, &v, 0)
+            VERIFIED_V6.insert(src.addr, v, 0)
         };
     }
 
