@@ -110,3 +110,73 @@ fn a_given_config_file_that_is_missing_stops_the_agent_at_start() {
     assert_eq!(child.status.code(), Some(1), "{err}");
     assert!(err.contains("does not exist"), "{err}");
 }
+
+#[test]
+fn a_huge_ttl_or_an_overlong_reason_is_refused_and_changes_nothing() -> anyhow::Result<()> {
+    let mut lab = Lab::new("ht", 127, "")?;
+    lab.start()?;
+    let target = lab.client_ips[1].clone();
+    // Straight to the socket, past the CLI's own checks: a TTL that used to
+    // wrap and expire at once while the API said it was added.
+    let body = format!("{{\"prefixes\":[\"{target}\"],\"ttl_secs\":{}}}", u64::MAX);
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(&lab.socket)
+        .args(["-H", "Content-Type: application/json", "-d", &body])
+        .arg("http://rampart/v1/lists/block/add")
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n400"), "{text}");
+    assert!(text.contains("ttl must be 1 second to 10 years"), "{text}");
+    let reason = "x".repeat(300);
+    let o = lab.cli(&["block", "add", &target, "--reason", &reason]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "an overlong reason was accepted");
+    assert!(err.contains("reason is 300 bytes; at most 256"), "{err}");
+    assert!(blocked(&lab).is_empty(), "nothing was added");
+    assert_eq!(lab.ping(&target, 1, "0.2"), 1, "still served");
+    Ok(())
+}
+
+#[test]
+fn a_broad_allowlist_entry_needs_force_and_force_is_audited() -> anyhow::Result<()> {
+    let mut lab = Lab::new("ha", 128, "")?;
+    lab.write_config(&format!(
+        "[blocklist]\nentries = [\"{}\"]\n",
+        lab.client_ips[1]
+    ))?;
+    lab.start()?;
+    let blocked_client = lab.client_ips[1].clone();
+    for broad in ["0.0.0.0/0", "10.0.0.0/7", "::/0", "2001:db8::/31"] {
+        let o = lab.cli(&["allow", "add", broad]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success(),
+            "{broad} was allowlisted without --force"
+        );
+        assert!(
+            err.contains("need --force") && err.contains("/8 (IPv4) or /32 (IPv6)"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        lab.ping(&blocked_client, 2, "0.2"),
+        0,
+        "the blocklist still applies"
+    );
+    // At the minimum it is an ordinary entry; below it, --force takes it,
+    // and the audit log says so.
+    lab.cli_ok(&["allow", "add", "10.0.0.0/8"])?;
+    lab.cli_ok(&["allow", "del", "10.0.0.0/8"])?;
+    lab.cli_ok(&["allow", "add", "0.0.0.0/0", "--force"])?;
+    let audit = std::fs::read_to_string(lab.dir.join("state/audit.log"))?;
+    let line = audit
+        .lines()
+        .rfind(|l| l.contains("allow.add"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("\"force\":true") && line.contains("0.0.0.0/0"),
+        "{line}"
+    );
+    Ok(())
+}

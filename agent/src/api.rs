@@ -10,6 +10,9 @@ pub struct AddRequest {
     /// Seconds; None never expires.
     pub ttl_secs: Option<u64>,
     pub reason: Option<String>,
+    /// Allow an allowlist entry broader than `[guards]` permits.
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,6 +44,12 @@ pub struct TableFill {
     pub entries: u64,
     pub capacity: u64,
 }
+
+/// Longest TTL of a runtime entry: ten years (longer: omit the TTL).
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 86400);
+/// Longest reason kept with a runtime entry, in bytes: a million entries
+/// with a long reason each would make a state file of gigabytes.
+pub const MAX_REASON_BYTES: usize = 256;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Status {

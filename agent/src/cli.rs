@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     api::{
         self, AddRequest, BansDelRequest, Changed, CrowdsecStatus, DelRequest, Explain, FeedStatus,
-        StatRow, Status, TopRow,
+        MAX_TTL, StatRow, Status, TopRow,
     },
     client::Client,
     clock,
@@ -132,6 +132,9 @@ pub enum ListCmd {
         ttl: Option<Duration>,
         #[arg(long)]
         reason: Option<String>,
+        /// Allowlist: accept entries broader than [guards] permits (audited).
+        #[arg(long)]
+        force: bool,
     },
     /// Remove entries added at runtime.
     Del {
@@ -154,6 +157,9 @@ pub enum ListCmd {
         /// Apply the valid lines even if some are invalid.
         #[arg(long)]
         skip_invalid: bool,
+        /// Allowlist: accept entries broader than [guards] permits (audited).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -173,9 +179,6 @@ fn parse_prefix(s: &str) -> Result<Prefix, String> {
     s.parse()
         .map_err(|e: crate::prefix::PrefixError| e.to_string())
 }
-
-/// Longest TTL accepted: ten years.
-const MAX_TTL: Duration = Duration::from_secs(10 * 366 * 86400);
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
@@ -305,11 +308,13 @@ async fn list_cmd(c: &Client, out: Output, list: &str, cmd: ListCmd) -> Result<(
             prefixes,
             ttl,
             reason,
+            force,
         } => {
             let req = AddRequest {
                 prefixes,
                 ttl_secs: ttl.map(|d| d.as_secs()),
                 reason,
+                force,
             };
             let r: Changed = c
                 .post(&format!("/v1/lists/{list}/add"), &req)
@@ -363,6 +368,7 @@ async fn list_cmd(c: &Client, out: Output, list: &str, cmd: ListCmd) -> Result<(
             ttl,
             reason,
             skip_invalid,
+            force,
         } => {
             let (prefixes, errors) = read_list_file(&file)?;
             if !errors.is_empty() {
@@ -389,6 +395,7 @@ async fn list_cmd(c: &Client, out: Output, list: &str, cmd: ListCmd) -> Result<(
                 prefixes,
                 ttl_secs: ttl.map(|d| d.as_secs()),
                 reason,
+                force,
             };
             let r: Changed = c
                 .post(&format!("/v1/lists/{list}/import"), &req)

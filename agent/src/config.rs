@@ -36,6 +36,8 @@ pub struct Config {
     #[serde(default)]
     pub flood: FloodSection,
     #[serde(default)]
+    pub guards: GuardsSection,
+    #[serde(default)]
     pub protected: ProtectedSection,
     #[serde(default)]
     pub allowlist: ListSection,
@@ -100,6 +102,43 @@ impl Default for AgentSection {
             log_format: LogFormat::Text,
             bpffs: PathBuf::from("/sys/fs/bpf/rampart"),
         }
+    }
+}
+
+/// Limits on entries that would pass or drop a large part of the Internet.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardsSection {
+    /// Allowlist entries added over the socket shorter than these need
+    /// `--force` (recorded in the audit log): `allow add 0.0.0.0/0` would
+    /// pass every packet unchecked.
+    pub min_prefix_v4: u8,
+    pub min_prefix_v6: u8,
+}
+
+impl Default for GuardsSection {
+    fn default() -> Self {
+        Self {
+            min_prefix_v4: 8,
+            min_prefix_v6: 32,
+        }
+    }
+}
+
+impl GuardsSection {
+    /// The entries of `prefixes` broader than the minimum for their family.
+    pub fn too_broad<'a>(&self, prefixes: &'a [Prefix]) -> Vec<&'a Prefix> {
+        prefixes
+            .iter()
+            .filter(|p| {
+                let min = if p.is_ipv4() {
+                    self.min_prefix_v4
+                } else {
+                    self.min_prefix_v6
+                };
+                p.prefix_len() < min
+            })
+            .collect()
     }
 }
 
@@ -374,6 +413,21 @@ pub fn parse(text: &str, file: &str) -> Result<Validated, ConfigErrors> {
             format!("must be 1 to 4194304, got {}", caps.rate_sets),
         );
     }
+    let g = &config.guards;
+    if !(1..=32).contains(&g.min_prefix_v4) {
+        err(
+            0..0,
+            "guards.min_prefix_v4".into(),
+            format!("must be 1 to 32, got {}", g.min_prefix_v4),
+        );
+    }
+    if !(1..=128).contains(&g.min_prefix_v6) {
+        err(
+            0..0,
+            "guards.min_prefix_v6".into(),
+            format!("must be 1 to 128, got {}", g.min_prefix_v6),
+        );
+    }
     let ttl = config.flood.verified_ttl;
     if ttl < Duration::from_secs(1) || ttl > MAX_VERIFIED_TTL {
         err(
@@ -500,6 +554,18 @@ pub fn parse(text: &str, file: &str) -> Result<Validated, ConfigErrors> {
                 ),
             );
         }
+    }
+    // Each interface counts in a slot of its own; slot 0 is the rest's.
+    let most = rampart_common::abi::MAX_IFACE_SLOTS as usize - 1;
+    if config.agent.interfaces.len() > most {
+        err(
+            0..0,
+            "agent.interfaces".into(),
+            format!(
+                "{} interfaces listed; at most {most} (one program attachment and counter slot each)",
+                config.agent.interfaces.len()
+            ),
+        );
     }
     // Section-level errors have no span of their own: point at the key's line.
     for e in &mut errors {
@@ -749,6 +815,16 @@ mod tests {
         assert_eq!(e.0[0].key, "policy[0]");
         assert!(e.0[0].message.contains("pps must be 1"), "{e}");
         assert_eq!(e.0[0].line, 3);
+    }
+
+    #[test]
+    fn more_interfaces_than_counter_slots_are_refused() {
+        let names: Vec<String> = (0..64).map(|i| format!("\"eth{i}\"")).collect();
+        let text = format!("[agent]\ninterfaces = [{}]\n", names.join(", "));
+        let e = parse(&text, "f.toml").unwrap_err().to_string();
+        assert!(e.contains("64 interfaces listed; at most 63"), "{e}");
+        let ok = format!("[agent]\ninterfaces = [{}]\n", names[..63].join(", "));
+        assert!(parse(&ok, "f.toml").is_ok());
     }
 
     #[test]

@@ -65,6 +65,7 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 fn core_error(e: CoreError) -> Response {
     match e {
         CoreError::Refused(m) => error(StatusCode::CONFLICT, m),
+        CoreError::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
         CoreError::Datapath(d) => error(StatusCode::INTERNAL_SERVER_ERROR, d.to_string()),
     }
 }
@@ -273,12 +274,9 @@ async fn list_add(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if req.ttl_secs == Some(0) {
-        return error(StatusCode::BAD_REQUEST, "ttl must be positive");
-    }
     let args = serde_json::json!({"list": list, "count": req.prefixes.len(),
         "prefixes": req.prefixes.iter().take(100).map(ToString::to_string).collect::<Vec<_>>(),
-        "ttl_secs": req.ttl_secs, "reason": req.reason});
+        "ttl_secs": req.ttl_secs, "reason": req.reason, "force": req.force});
     let changed = req.prefixes.len();
     let r = blocking(&s, move |shared| {
         let r = lock(&shared.core).add(
@@ -287,6 +285,7 @@ async fn list_add(
             req.ttl_secs.map(Duration::from_secs),
             req.reason,
             "cli",
+            req.force,
         );
         drop(req.prefixes);
         if changed >= BULK_CHANGE {

@@ -13,6 +13,7 @@ use rampart_common::decide::List;
 pub use crate::config::CrowdsecSection;
 pub use crate::{api::CrowdsecStatus, shared::Bouncer};
 use crate::{
+    api::{MAX_REASON_BYTES, MAX_TTL},
     clock,
     feed::{error_chain, read_capped},
     prefix::Prefix,
@@ -246,8 +247,9 @@ fn apply(
             skipped += 1;
             continue;
         }
-        let reason: Arc<str> = Arc::from(format!("crowdsec: {}", d.scenario));
-        items.push((p, Some(now + left.as_secs().max(1)), Some(reason)));
+        let reason: Arc<str> = Arc::from(clip(&format!("crowdsec: {}", d.scenario)));
+        let secs = left.as_secs().clamp(1, MAX_TTL.as_secs());
+        items.push((p, Some(now.saturating_add(secs)), Some(reason)));
         seen.insert(p);
     }
     // Deletions first: a value deleted and re-added in one poll stays.
@@ -286,6 +288,15 @@ fn apply(
     st.skipped_protected_total += skipped;
     st.ignored_total += ignored;
     Ok(())
+}
+
+/// A reason cut to what an entry keeps, at a character boundary.
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(MAX_REASON_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 #[cfg(test)]

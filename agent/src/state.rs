@@ -15,7 +15,7 @@ use rampart_common::{
 };
 use serde::Serialize;
 
-pub use crate::api::{BanRow, EntryRow, ReloadStatus};
+pub use crate::api::{BanRow, EntryRow, MAX_REASON_BYTES, MAX_TTL, ReloadStatus};
 use crate::{
     clock,
     config::{ListFull, Malformed, PerFamily, Validated},
@@ -26,6 +26,27 @@ use crate::{
     prefix::Prefix,
     syncookies::{self, HostCookies},
 };
+
+/// Checks what a caller may set on a runtime entry.
+fn check_runtime_entry(ttl: Option<Duration>, reason: Option<&str>) -> Result<(), CoreError> {
+    if let Some(t) = ttl {
+        if t.is_zero() || t > MAX_TTL {
+            return Err(CoreError::Invalid(format!(
+                "ttl must be 1 second to 10 years, got {} s (omit it for no expiry)",
+                t.as_secs()
+            )));
+        }
+    }
+    if let Some(r) = reason {
+        if r.len() > MAX_REASON_BYTES {
+            return Err(CoreError::Invalid(format!(
+                "reason is {} bytes; at most {MAX_REASON_BYTES} are kept with an entry",
+                r.len()
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// Where a list entry comes from, as the kernel entry records it (for
 /// `explain` and the drop counters) and the `origin` metrics label shows it.
@@ -146,6 +167,9 @@ impl Sources {
 pub enum CoreError {
     #[error("{0}")]
     Refused(String),
+    /// The request itself is wrong (a value out of its range).
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
 }
@@ -424,7 +448,23 @@ impl Core {
         ttl: Option<Duration>,
         reason: Option<String>,
         origin: &str,
+        force: bool,
     ) -> Result<(), CoreError> {
+        check_runtime_entry(ttl, reason.as_deref())?;
+        if kind == List::Allow && !force {
+            let g = &self.cfg.config.guards;
+            let broad = g.too_broad(prefixes);
+            if !broad.is_empty() {
+                let shown: Vec<String> = broad.iter().take(10).map(ToString::to_string).collect();
+                return Err(CoreError::Invalid(format!(
+                    "refusing to allowlist {}: an allowlisted source skips every other check, and \
+                     entries shorter than /{} (IPv4) or /{} (IPv6) need --force ([guards] in the config)",
+                    shown.join(", "),
+                    g.min_prefix_v4,
+                    g.min_prefix_v6
+                )));
+            }
+        }
         let expires = ttl.map(|t| clock::unix_now() + t.as_secs().max(1));
         let reason: Option<Arc<str>> = reason.map(Arc::from);
         let items: Vec<_> = prefixes

@@ -27,7 +27,12 @@ impl Core {
         for (slot, name) in named.chain(std::iter::once(OTHER)) {
             for a in 0..action::COUNT as u8 {
                 for r in 0..reason::COUNT as u8 {
-                    let c = counters[counter_index(slot, a, r) as usize];
+                    // A slot past the table (more interfaces than slots,
+                    // which config validation refuses) reads as zero.
+                    let c = counters
+                        .get(counter_index(slot, a, r) as usize)
+                        .copied()
+                        .unwrap_or_default();
                     rows.push((
                         slot,
                         StatRow {
