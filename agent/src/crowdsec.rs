@@ -84,14 +84,29 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     (total.is_finite() && total < 1e12).then(|| Duration::from_secs_f64(total))
 }
 
-/// A decision's target as a prefix, if it is an address or range.
+/// A decision's target as a prefix, if it is an address or range. An
+/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is the IPv4 address: the
+/// program sees IPv4 packets from it, never that /128. A mapped range is
+/// its IPv4 range; one reaching outside the mapped space is not a target.
 fn target(d: &Decision) -> Option<Prefix> {
     match d.scope.to_ascii_lowercase().as_str() {
-        "ip" => d.value.parse::<std::net::IpAddr>().ok().map(Prefix::host),
+        "ip" => d
+            .value
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|a| Prefix::host(a.to_canonical())),
         "range" => {
             let (addr, len) = d.value.split_once('/')?;
             let addr: std::net::IpAddr = addr.parse().ok()?;
             let len: u8 = len.parse().ok()?;
+            let (addr, len) = match addr {
+                std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                    Some(v4) if len >= 96 => (std::net::IpAddr::V4(v4), len - 96),
+                    Some(_) => return None,
+                    None => (addr, len),
+                },
+                std::net::IpAddr::V4(_) => (addr, len),
+            };
             let max = if addr.is_ipv4() { 32 } else { 128 };
             (len <= max).then(|| Prefix::new_masked(addr, len))
         }
@@ -302,6 +317,27 @@ fn clip(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_mapped_decisions_become_their_ipv4_address_or_range() {
+        let d = |scope: &str, value: &str| Decision {
+            duration: "1h".into(),
+            scenario: String::new(),
+            scope: scope.into(),
+            kind: "ban".into(),
+            value: value.into(),
+        };
+        let t = |scope, value| target(&d(scope, value)).map(|p| p.to_string());
+        assert_eq!(t("Ip", "::ffff:192.0.2.7"), Some("192.0.2.7".into()));
+        assert_eq!(t("Range", "::ffff:10.0.0.0/104"), Some("10.0.0.0/8".into()));
+        assert_eq!(
+            t("Range", "::ffff:0:0/95"),
+            None,
+            "reaches outside the mapped space"
+        );
+        assert_eq!(t("Ip", "2001:db8::1"), Some("2001:db8::1".into()));
+        assert_eq!(t("Range", "192.0.2.0/24"), Some("192.0.2.0/24".into()));
+    }
 
     #[test]
     fn go_durations() {

@@ -67,8 +67,12 @@ impl Default for Bouncer {
     fn default() -> Self {
         Self {
             status: Mutex::new(None),
+            // The API key goes in a header: no redirect may carry it to
+            // another host, and no proxy from the environment sees it.
             client: reqwest::Client::builder()
                 .user_agent(concat!("rampart-bouncer/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
                 .build()
                 .unwrap_or_default(),
         }

@@ -21,6 +21,7 @@ fn main() {
         "rampart_meter",
         "rampart_sample",
         "rampart_syn_answer",
+        "rampart_syn_defence",
         "rampart_ack_check",
     ] {
         println!("cargo:rustc-link-arg-bins=--export={probe}");

@@ -201,6 +201,16 @@ pub trait Tables {
         meter(self, cfg, index, src, len, now)
     }
 
+    /// A TCP policy's flood defence for one packet: [`syn_defence`], out
+    /// of line in the kernel for the same reason as metering.
+    #[inline(always)]
+    fn defend_syn(&self, cfg: &Config, index: u32, pkt: &Packet, now: u64, dry_run: bool) -> Defence
+    where
+        Self: Sized,
+    {
+        syn_defence(self, cfg, index, pkt, now, dry_run)
+    }
+
     /// Bans `src` under policy `p` (number `index`), as metering found
     /// due: [`start_ban`]. Out of line in the kernel too, and called from
     /// the decision rather than from metering, so that neither function's
@@ -275,7 +285,7 @@ pub fn decide<T: Tables, F: Fn() -> u64>(
     if let Some((index, policy)) = first_policy(t, cfg, pkt) {
         let dry_run = global_dry || policy.flags & policy_flag::DRY_RUN != 0;
         if policy.syn_cookies != syn_cookies::OFF && pkt.proto == ipproto::TCP {
-            match syn_defence(t, cfg, policy, pkt, now, dry_run) {
+            match t.defend_syn(cfg, index, pkt, now, dry_run) {
                 Defence::Answered if dry_run => {
                     would.get_or_insert(Verdict {
                         action: action::WOULD_CHALLENGE,
@@ -326,8 +336,8 @@ pub fn decide<T: Tables, F: Fn() -> u64>(
 }
 
 /// What a TCP policy's flood defence does with a packet.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Defence {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Defence {
     /// A SYN answered (or, under dry-run, that would have been).
     Answered,
     /// An ACK without a valid cookie: dropped.
@@ -342,14 +352,17 @@ enum Defence {
 /// Under dry-run the SYN is not answered (the caller counts it), while the
 /// ACK check, which only reads, still runs.
 #[inline(always)]
-fn syn_defence<T: Tables>(
+pub fn syn_defence<T: Tables + ?Sized>(
     t: &T,
     cfg: &Config,
-    policy: &Policy,
+    index: u32,
     pkt: &Packet,
     now: u64,
     dry_run: bool,
 ) -> Defence {
+    let Some(policy) = t.policy(index) else {
+        return Defence::Meter;
+    };
     // A SYN opens a connection (the cookie helper takes no FIN, RST or
     // ACK with it); an ACK is anything later in one but a reset.
     let flags = pkt.tcp_flags;

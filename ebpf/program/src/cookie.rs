@@ -145,15 +145,23 @@ fn tuple(pkt: &Packet, w: &Where) -> (Tuple, u32) {
 }
 
 /// The listening or connected socket for the packet's tuple, if any: the
-/// caller must release it.
+/// caller must release it. The tuple is built in `scratch` (at least 36
+/// bytes, 4-aligned: the headers' buffer, before they are loaded), so that
+/// it takes no stack of its own: the SYN answer runs two calls deep, and
+/// the verifier caps the stack of a call chain at 512 bytes.
 #[inline(always)]
-fn lookup(ctx: *mut xdp_md, pkt: &Packet, w: &Where) -> *mut bpf_sock {
-    let (mut t, size) = tuple(pkt, w);
-    // SAFETY: the tuple is initialised stack memory of at least `size` bytes.
+fn lookup(ctx: *mut xdp_md, pkt: &Packet, w: &Where, scratch: *mut u8) -> *mut bpf_sock {
+    let (t, size) = tuple(pkt, w);
+    let out = scratch.cast::<u32>();
+    for (i, word) in t.words.iter().enumerate() {
+        // SAFETY: inside the 36 bytes the caller provides, 4-aligned.
+        unsafe { out.add(i).write_volatile(*word) };
+    }
+    // SAFETY: `scratch` holds the tuple's `size` initialised bytes.
     unsafe {
         bpf_skc_lookup_tcp(
             ctx.cast(),
-            (&raw mut t).cast::<bpf_sock_tuple>(),
+            scratch.cast::<bpf_sock_tuple>(),
             size,
             CURRENT_NETNS,
             0,
@@ -180,6 +188,27 @@ fn release(sk: *mut bpf_sock) {
     unsafe { bpf_sk_release(sk.cast()) };
 }
 
+/// Loads the SYN's IP header and its whole TCP header; returns the TCP
+/// header's length. The helper wants that exact length; the options are
+/// loaded only when there are any, and each branch leaves a length the
+/// verifier can bound from below (a zero-length read is refused).
+#[inline(always)]
+fn load_syn(ctx: *mut xdp_md, w: &Where, ip: *mut u8, tcp: *mut u8) -> Option<u32> {
+    if !load(ctx, w.l3, ip, w.ip_len) || !load(ctx, w.l4, tcp, 20) {
+        return None;
+    }
+    // SAFETY: loaded above.
+    let doff = unsafe { tcp.add(12).read() } >> 4;
+    let doff_len = doff as u32 * 4;
+    if doff_len == 20 {
+        Some(20)
+    } else if doff_len > 20 && load(ctx, w.l4, tcp, doff_len) {
+        Some(doff_len)
+    } else {
+        None
+    }
+}
+
 /// Answers a SYN with a SYN-ACK carrying the listener's SYN cookie, in
 /// place: 1 when the frame is ready for `XDP_TX`, else 0 with the frame
 /// unchanged (no listener here, or the kernel gave no cookie).
@@ -197,40 +226,22 @@ pub extern "C" fn rampart_syn_answer(ctx: *mut xdp_md, pkt: *const Packet) -> u3
     let ip = h.as_mut_ptr().cast::<u8>();
     // SAFETY: `tcp` starts 40 bytes into the 100-byte buffer.
     let tcp = unsafe { ip.add(40) };
-    if !load(ctx, w.l3, ip, w.ip_len) || !load(ctx, w.l4, tcp, 20) {
-        return 0;
-    }
-    // SAFETY: loaded above.
-    let (doff, client_seq) = unsafe {
-        (
-            tcp.add(12).read() >> 4,
-            u32::from_be(tcp.add(4).cast::<u32>().read()),
-        )
-    };
-    // The helper wants the header's exact length. Its options are loaded
-    // only when there are any; each branch leaves a length the verifier
-    // can bound from below (a zero-length read is refused).
-    let doff_len = doff as u32 * 4;
-    let tcp_len = if doff_len == 20 {
-        20
-    } else if doff_len > 20 {
-        if !load(ctx, w.l4, tcp, doff_len) {
-            return 0;
-        }
-        doff_len
-    } else {
-        return 0;
-    };
-    let sk = lookup(ctx, pkt, &w);
+    let sk = lookup(ctx, pkt, &w, ip);
     if sk.is_null() {
         return 0;
     }
-    // SAFETY: a valid socket pointer until released below.
+    // SAFETY: a valid socket pointer until released.
     let state = unsafe { (*sk).state };
     if state != TCP_LISTEN {
         release(sk);
         return 0;
     }
+    let Some(tcp_len) = load_syn(ctx, &w, ip, tcp) else {
+        release(sk);
+        return 0;
+    };
+    // SAFETY: loaded by `load_syn`.
+    let client_seq = unsafe { u32::from_be(tcp.add(4).cast::<u32>().read()) };
     // SAFETY: both buffers hold the lengths passed, loaded from the packet.
     let cookie = unsafe {
         bpf_tcp_gen_syncookie(
@@ -255,20 +266,26 @@ pub extern "C" fn rampart_syn_answer(ctx: *mut xdp_md, pkt: *const Packet) -> u3
     if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx, delta) } != 0 {
         return 0;
     }
-    // Swap the MAC addresses, as two words and a half.
-    let mut macs = [0u64; 2];
-    if !load(ctx, 0, macs.as_mut_ptr().cast(), 12) {
-        return 0;
-    }
-    let (a, b) = (u64::from_le(macs[0]), u64::from_le(macs[1]));
-    macs[0] = ((a >> 48) | (b & 0xffff_ffff) << 16 | (a & 0xffff) << 48).to_le();
-    macs[1] = ((a >> 16) & 0xffff_ffff).to_le();
     // Stores within the adjusted frame do not fail; if one did, the frame
     // would go on to the stack with the SYN's headers cut to a length that
     // no longer matches them, which the stack drops.
-    let ok = store(ctx, 0, macs.as_mut_ptr().cast(), 12)
-        && store(ctx, w.l3, ip, w.ip_len)
-        && store(ctx, w.l3 + w.ip_len, tcp, SYNACK_TCP_LEN);
+    if !store(ctx, w.l3, ip, w.ip_len) || !store(ctx, w.l3 + w.ip_len, tcp, SYNACK_TCP_LEN) {
+        return 0;
+    }
+    // Swap the MAC addresses, as two words and a half, in the buffer the
+    // headers have left.
+    let macs = ip.cast::<u64>();
+    if !load(ctx, 0, ip, 12) {
+        return 0;
+    }
+    // SAFETY: 16 bytes of the 8-aligned buffer, the first 12 loaded.
+    let ok = unsafe {
+        let (a, b) = (u64::from_le(macs.read()), u64::from_le(macs.add(1).read()));
+        macs.write_volatile(((a >> 48) | (b & 0xffff_ffff) << 16 | (a & 0xffff) << 48).to_le());
+        macs.add(1)
+            .write_volatile(((a >> 16) & 0xffff_ffff).to_le());
+        store(ctx, 0, ip, 12)
+    };
     ok as u32
 }
 
@@ -357,7 +374,11 @@ pub extern "C" fn rampart_ack_check(ctx: *mut xdp_md, pkt: *const Packet) -> u32
     let Some(w) = locate(pkt) else {
         return ack::NO_SOCKET;
     };
-    let sk = lookup(ctx, pkt, &w);
+    let mut h = MaybeUninit::<Headers>::uninit();
+    let ip = h.as_mut_ptr().cast::<u8>();
+    // SAFETY: `tcp` starts 40 bytes into the 100-byte buffer.
+    let tcp = unsafe { ip.add(40) };
+    let sk = lookup(ctx, pkt, &w, ip);
     if sk.is_null() {
         return ack::NO_SOCKET;
     }
@@ -371,10 +392,6 @@ pub extern "C" fn rampart_ack_check(ctx: *mut xdp_md, pkt: *const Packet) -> u32
             ack::NO_SOCKET
         };
     }
-    let mut h = MaybeUninit::<Headers>::uninit();
-    let ip = h.as_mut_ptr().cast::<u8>();
-    // SAFETY: `tcp` starts 40 bytes into the 100-byte buffer.
-    let tcp = unsafe { ip.add(40) };
     if !load(ctx, w.l3, ip, w.ip_len) || !load(ctx, w.l4, tcp, 20) {
         release(sk);
         return ack::NO_SOCKET;

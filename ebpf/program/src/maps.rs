@@ -18,8 +18,9 @@ use rampart_common::{
         V6Key, VERIFIED_HINT_WORDS, Verified, action, event_kind, list_table_index, slash24, stat,
     },
     decide::{
-        AckCheck, BanStarted, List, Metered, Tables, Verdict, meter, prefix_lens, probe_ban_v4,
-        probe_ban_v6, probe_list_v4, probe_list_v6, start_ban, v4_list_may_match,
+        AckCheck, BanStarted, Defence, List, Metered, Tables, Verdict, meter, prefix_lens,
+        probe_ban_v4, probe_ban_v6, probe_list_v4, probe_list_v6, start_ban, syn_defence,
+        v4_list_may_match,
     },
     flood::verified_hint,
     list_table::{self, V4Slot, V6Slot},
@@ -307,6 +308,32 @@ pub extern "C" fn rampart_meter(
     m.conforms as u32 | (m.ban_due as u32) << 1 | (m.newcomer as u32) << 2
 }
 
+/// A TCP policy's flood defence out of line (see `Tables::defend_syn`):
+/// 0 meter, 1 answered, 2 bad cookie. It takes the context, which the SYN
+/// answer and the ACK check hand to the kernel's helpers. `policy` holds
+/// the policy index, and bit 8 dry-run (BPF calls take five arguments).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn rampart_syn_defence(
+    ctx: *mut xdp_md,
+    cfg: *const Config,
+    pkt: *const Packet,
+    policy: u32,
+    now: u64,
+) -> u32 {
+    // SAFETY: both null checked; the verifier checked each points to
+    // initialised memory of its type's size.
+    let (Some(cfg), Some(pkt)) = (unsafe { cfg.as_ref() }, unsafe { pkt.as_ref() }) else {
+        return 0;
+    };
+    let (index, dry_run) = (policy & 0xff, policy & 1 << 8 != 0);
+    match syn_defence(&BpfTables { cfg, ctx }, cfg, index, pkt, now, dry_run) {
+        Defence::Meter => 0,
+        Defence::Answered => 1,
+        Defence::BadCookie => 2,
+    }
+}
+
 /// A ban out of line (see `Tables::start_ban`).
 #[unsafe(no_mangle)]
 #[inline(never)]
@@ -458,6 +485,23 @@ impl Tables for BpfTables<'_> {
             conforms: m & 1 != 0,
             ban_due: m & 2 != 0,
             newcomer: m & 4 != 0,
+        }
+    }
+
+    #[inline(always)]
+    fn defend_syn(
+        &self,
+        cfg: &Config,
+        index: u32,
+        pkt: &Packet,
+        now: u64,
+        dry_run: bool,
+    ) -> Defence {
+        let policy = index & 0xff | (dry_run as u32) << 8;
+        match rampart_syn_defence(self.ctx, cfg, pkt, policy, now) {
+            1 => Defence::Answered,
+            2 => Defence::BadCookie,
+            _ => Defence::Meter,
         }
     }
 
