@@ -201,14 +201,15 @@ pub trait Tables {
         meter(self, cfg, index, src, len, now)
     }
 
-    /// A TCP policy's flood defence for one packet: [`syn_defence`], out
-    /// of line in the kernel for the same reason as metering.
+    /// A TCP policy's flood defence for one packet, as a verdict:
+    /// [`syn_verdict`], out of line in the kernel for the same reason as
+    /// metering.
     #[inline(always)]
-    fn defend_syn(&self, cfg: &Config, index: u32, pkt: &Packet, now: u64, dry_run: bool) -> Defence
+    fn defend_syn(&self, cfg: &Config, index: u32, pkt: &Packet, now: u64, dry_run: bool) -> Verdict
     where
         Self: Sized,
     {
-        syn_defence(self, cfg, index, pkt, now, dry_run)
+        syn_verdict(self, cfg, index, pkt, now, dry_run)
     }
 
     /// Bans `src` under policy `p` (number `index`), as metering found
@@ -285,30 +286,14 @@ pub fn decide<T: Tables, F: Fn() -> u64>(
     if let Some((index, policy)) = first_policy(t, cfg, pkt) {
         let dry_run = global_dry || policy.flags & policy_flag::DRY_RUN != 0;
         if policy.syn_cookies != syn_cookies::OFF && pkt.proto == ipproto::TCP {
-            match t.defend_syn(cfg, index, pkt, now, dry_run) {
-                Defence::Answered if dry_run => {
-                    would.get_or_insert(Verdict {
-                        action: action::WOULD_CHALLENGE,
-                        reason: reason::SYN_COOKIE,
-                        policy: index as u8,
-                    });
-                }
-                Defence::Answered => {
-                    return Verdict {
-                        action: action::CHALLENGE,
-                        reason: reason::SYN_COOKIE,
-                        policy: index as u8,
-                    };
-                }
-                Defence::BadCookie => {
-                    let mut v = Verdict::new(action::DROP, reason::BAD_COOKIE);
-                    v.policy = index as u8;
-                    if !dry_run {
-                        return v;
-                    }
-                    would.get_or_insert(dry(v));
-                }
-                Defence::Meter => {}
+            // The defence hands back the verdict whole (pass: go on), so
+            // that its outcomes meet here as one state, not one apiece.
+            let v = t.defend_syn(cfg, index, pkt, now, dry_run);
+            if v.action == action::CHALLENGE || v.action == action::DROP {
+                return v;
+            }
+            if v.action != action::PASS {
+                would.get_or_insert(v);
             }
         }
         let metered = t.meter(cfg, index, src, len, now);
@@ -316,12 +301,7 @@ pub fn decide<T: Tables, F: Fn() -> u64>(
             t.start_ban(policy, index, src, now);
         }
         if !metered.conforms {
-            let why = if metered.newcomer {
-                reason::NEWCOMER
-            } else {
-                reason::RATELIMIT
-            };
-            let mut v = Verdict::new(action::DROP, why);
+            let mut v = Verdict::new(action::DROP, metered.drop_reason);
             v.policy = index as u8;
             if !dry_run {
                 return v;
@@ -332,6 +312,31 @@ pub fn decide<T: Tables, F: Fn() -> u64>(
     match would {
         Some(w) => w,
         None => Verdict::new(action::PASS, reason::NONE),
+    }
+}
+
+/// The flood defence's verdict: `challenge` (answered), `drop` (a bad
+/// cookie), their dry-run forms, or `pass` for "on to metering".
+#[inline(always)]
+pub fn syn_verdict<T: Tables + ?Sized>(
+    t: &T,
+    cfg: &Config,
+    index: u32,
+    pkt: &Packet,
+    now: u64,
+    dry_run: bool,
+) -> Verdict {
+    let (action, reason) = match syn_defence(t, cfg, index, pkt, now, dry_run) {
+        Defence::Answered if dry_run => (action::WOULD_CHALLENGE, reason::SYN_COOKIE),
+        Defence::Answered => (action::CHALLENGE, reason::SYN_COOKIE),
+        Defence::BadCookie if dry_run => (action::WOULD_DROP, reason::BAD_COOKIE),
+        Defence::BadCookie => (action::DROP, reason::BAD_COOKIE),
+        Defence::Meter => return Verdict::new(action::PASS, reason::NONE),
+    };
+    Verdict {
+        action,
+        reason,
+        policy: index as u8,
     }
 }
 
@@ -624,16 +629,18 @@ pub struct Metered {
     pub conforms: bool,
     /// The source has exceeded them often enough to be banned.
     pub ban_due: bool,
-    /// It does not conform because the policy does not track the source
-    /// and its newcomer budget is spent.
-    pub newcomer: bool,
+    /// Why it does not conform: [`reason::RATELIMIT`], or
+    /// [`reason::NEWCOMER`] when the policy does not track the source and
+    /// its newcomer budget is spent. A value, not a flag, so the decision
+    /// carries it on without branching.
+    pub drop_reason: u8,
 }
 
 impl Metered {
     const CONFORMS: Self = Self {
         conforms: true,
         ban_due: false,
-        newcomer: false,
+        drop_reason: reason::RATELIMIT,
     };
 }
 
@@ -742,7 +749,11 @@ pub fn meter<T: Tables>(
     Metered {
         conforms,
         ban_due,
-        newcomer: placed == Placement::Refused,
+        drop_reason: if placed == Placement::Refused {
+            reason::NEWCOMER
+        } else {
+            reason::RATELIMIT
+        },
     }
 }
 

@@ -18,9 +18,8 @@ use rampart_common::{
         V6Key, VERIFIED_HINT_WORDS, Verified, action, event_kind, list_table_index, slash24, stat,
     },
     decide::{
-        AckCheck, BanStarted, Defence, List, Metered, Tables, Verdict, meter, prefix_lens,
-        probe_ban_v4, probe_ban_v6, probe_list_v4, probe_list_v6, start_ban, syn_defence,
-        v4_list_may_match,
+        AckCheck, BanStarted, List, Metered, Tables, Verdict, meter, prefix_lens, probe_ban_v4,
+        probe_ban_v6, probe_list_v4, probe_list_v6, start_ban, syn_verdict, v4_list_may_match,
     },
     flood::verified_hint,
     list_table::{self, V4Slot, V6Slot},
@@ -305,11 +304,11 @@ pub extern "C" fn rampart_meter(
         return 1;
     };
     let m = meter(&BpfTables::without_packet(cfg), cfg, index, src, len, now);
-    m.conforms as u32 | (m.ban_due as u32) << 1 | (m.newcomer as u32) << 2
+    m.conforms as u32 | (m.ban_due as u32) << 1 | (m.drop_reason as u32) << 8
 }
 
 /// A TCP policy's flood defence out of line (see `Tables::defend_syn`):
-/// 0 meter, 1 answered, 2 bad cookie. It takes the context, which the SYN
+/// the verdict's action, reason and policy, a byte each. It takes the context, which the SYN
 /// answer and the ACK check hand to the kernel's helpers. `policy` holds
 /// the policy index, and bit 8 dry-run (BPF calls take five arguments).
 #[unsafe(no_mangle)]
@@ -327,11 +326,8 @@ pub extern "C" fn rampart_syn_defence(
         return 0;
     };
     let (index, dry_run) = (policy & 0xff, policy & 1 << 8 != 0);
-    match syn_defence(&BpfTables { cfg, ctx }, cfg, index, pkt, now, dry_run) {
-        Defence::Meter => 0,
-        Defence::Answered => 1,
-        Defence::BadCookie => 2,
-    }
+    let v = syn_verdict(&BpfTables { cfg, ctx }, cfg, index, pkt, now, dry_run);
+    v.action as u32 | (v.reason as u32) << 8 | (v.policy as u32) << 16
 }
 
 /// A ban out of line (see `Tables::start_ban`).
@@ -484,7 +480,7 @@ impl Tables for BpfTables<'_> {
         Metered {
             conforms: m & 1 != 0,
             ban_due: m & 2 != 0,
-            newcomer: m & 4 != 0,
+            drop_reason: (m >> 8) as u8,
         }
     }
 
@@ -496,12 +492,13 @@ impl Tables for BpfTables<'_> {
         pkt: &Packet,
         now: u64,
         dry_run: bool,
-    ) -> Defence {
+    ) -> Verdict {
         let policy = index & 0xff | (dry_run as u32) << 8;
-        match rampart_syn_defence(self.ctx, cfg, pkt, policy, now) {
-            1 => Defence::Answered,
-            2 => Defence::BadCookie,
-            _ => Defence::Meter,
+        let v = rampart_syn_defence(self.ctx, cfg, pkt, policy, now);
+        Verdict {
+            action: v as u8,
+            reason: (v >> 8) as u8,
+            policy: (v >> 16) as u8,
         }
     }
 
