@@ -9,7 +9,7 @@ use std::net::{IpAddr, TcpListener};
 
 use rampart_common::{
     abi::{Policy, action, policy_flag, proto, reason, stat, syn_cookies},
-    parse::{Parsed, parse},
+    parse::tcp_at,
 };
 use rampart_tests::{
     frames::{FrameBuilder as F, checksum},
@@ -140,10 +140,7 @@ fn check_synack(syn: &[u8], out: &[u8], l3: usize, v6: bool) -> SynAck {
 
 /// Where the SYN's TCP header starts, as the parser finds it.
 fn l4_of(syn: &[u8]) -> usize {
-    match parse(&syn) {
-        Parsed::Ip(p) => usize::from(p.l4_off),
-        other => panic!("the test SYN does not parse: {other:?}"),
-    }
+    tcp_at(&syn).expect("the test SYN's TCP header").l4
 }
 
 #[test]
@@ -187,13 +184,13 @@ fn a_syn_is_answered_with_a_correct_syn_ack_in_every_shape() {
             536,
         ),
         (
-            "IPv6 with an extension header",
+            "IPv6, VLAN-tagged",
             F::new("2001:db8::10", SERVER6, 6, 40004, port)
-                .ext(60)
+                .vlan(9)
                 .tcp_options(&[2, 4, 0x05, 0xa0])
                 .payload(0)
                 .build(),
-            14,
+            18,
             true,
             1440,
         ),
@@ -407,4 +404,16 @@ fn the_verified_hint_is_consulted_and_rebuilt_from_live_entries() {
     // Rebuilt as of now, the live entry's bit is back.
     p.dp.rebuild_verified_hint(now_ns()).unwrap();
     assert_eq!(p.run(&syn).action_name(), "pass");
+}
+
+#[test]
+fn ipv6_with_extension_headers_is_not_answered_but_metered() {
+    let (_l, port) = listen();
+    let p = plane_with(&[cookie_policy(port, syn_cookies::ON)], Some(port));
+    let syn = F::new("2001:db8::11", SERVER6, 6, 40005, port)
+        .ext(60)
+        .payload(0)
+        .build();
+    let out = p.run_both(&syn);
+    assert_eq!((out.action_name(), out.reason_name()), ("pass", "none"));
 }

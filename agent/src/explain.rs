@@ -57,7 +57,7 @@ pub fn explain(core: &Core, ip: IpAddr, proto: Protocol, port: u16) -> Explain {
     let f = frame(ip, proto, port);
     let dp = &core.dp;
     let v = decide(
-        &ReadOnlyView(dp),
+        &ReadOnlyView(dp, &f),
         dp.config(),
         &parse(&f.as_slice()),
         f.len() as u32,

@@ -8,14 +8,15 @@ use rampart_common::{
         slash24,
     },
     decide::{AckCheck, BanStarted, List, Tables},
-    parse::{Packet, Source},
+    parse::{Packet, Source, TcpAt, tcp_at},
 };
 
 use super::Datapath;
 
-/// The live maps as the decision code sees them, read-only: rate-table sets
-/// are copied, bans are not written, so asking changes nothing.
-pub struct ReadOnlyView<'a>(pub &'a Datapath);
+/// The live maps as the decision code sees them, read-only, with the frame
+/// being asked about: rate-table sets are copied, bans are not written, so
+/// asking changes nothing.
+pub struct ReadOnlyView<'a>(pub &'a Datapath, pub &'a [u8]);
 
 fn found<V>(r: Result<V, MapError>) -> Option<V> {
     r.ok()
@@ -94,12 +95,16 @@ impl Tables for ReadOnlyView<'_> {
     fn set_verified(&self, _src: &Source, _expires_ns: u64) {}
 
     /// As if a listener answered: what the program does while one listens.
-    fn challenge(&self, _pkt: &Packet) -> bool {
+    fn challenge(&self, _pkt: &Packet, _at: &TcpAt) -> bool {
         true
     }
 
-    fn check_ack(&self, _pkt: &Packet) -> AckCheck {
+    fn check_ack(&self, _pkt: &Packet, _at: &TcpAt) -> AckCheck {
         AckCheck::NoSocket
+    }
+
+    fn tcp_at(&self) -> Option<TcpAt> {
+        tcp_at(&self.1)
     }
 
     fn count(&self, _stat: u32) {}

@@ -16,7 +16,7 @@ use crate::{
     addr::{mask_v4_word, mask_v6, rate_hash, v4_key_word, v4_len, v6_key},
     bucket::{SCALE, refill, scaled},
     flood::{cookies_engaged, count_syn, take_newcomer},
-    parse::{Packet, Parsed, Source, ipproto, tcp_flag},
+    parse::{Packet, Parsed, Source, TcpAt, ipproto, tcp_flag},
 };
 
 /// Which address list: the one spelling of allow/block, in the kernel's
@@ -138,9 +138,12 @@ pub trait Tables {
     fn set_verified(&self, src: &Source, expires_ns: u64);
     /// Answers a SYN with a SYN-ACK carrying a SYN cookie from the local
     /// listener; false when there is none, or the kernel gave no cookie.
-    fn challenge(&self, pkt: &Packet) -> bool;
+    fn challenge(&self, pkt: &Packet, at: &TcpAt) -> bool;
     /// Looks at an ACK from an unverified source to a port in cookie mode.
-    fn check_ack(&self, pkt: &Packet) -> AckCheck;
+    fn check_ack(&self, pkt: &Packet, at: &TcpAt) -> AckCheck;
+    /// Where the TCP headers of the frame being decided are
+    /// ([`crate::parse::tcp_at`]).
+    fn tcp_at(&self) -> Option<TcpAt>;
     /// Adds one to a [`stat`] counter.
     fn count(&self, stat: u32);
     /// Announces a ban to user space.
@@ -370,7 +373,10 @@ pub fn syn_defence<T: Tables + ?Sized>(
     };
     // A SYN opens a connection (the cookie helper takes no FIN, RST or
     // ACK with it); an ACK is anything later in one but a reset.
-    let flags = pkt.tcp_flags;
+    let Some(at) = t.tcp_at() else {
+        return Defence::Meter;
+    };
+    let flags = at.flags;
     let kind = tcp_flag::SYN | tcp_flag::ACK | tcp_flag::RST;
     let syn = flags & (kind | tcp_flag::FIN) == tcp_flag::SYN;
     let ack = flags & kind == tcp_flag::ACK;
@@ -389,13 +395,13 @@ pub fn syn_defence<T: Tables + ?Sized>(
         return Defence::Meter;
     }
     if syn {
-        if dry_run || t.challenge(pkt) {
+        if dry_run || t.challenge(pkt, &at) {
             return Defence::Answered;
         }
         t.count(stat::COOKIE_FALLBACK);
         return Defence::Meter;
     }
-    let proved = match t.check_ack(pkt) {
+    let proved = match t.check_ack(pkt, &at) {
         AckCheck::NoSocket => return Defence::Meter,
         AckCheck::BadCookie => return Defence::BadCookie,
         AckCheck::Established => stat::VERIFIED_BY_SOCKET,

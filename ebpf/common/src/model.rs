@@ -17,7 +17,7 @@ use crate::{
         RateExtra, RateSet, V4Key, V6Key, slash24, stat,
     },
     decide::{AckCheck, BanStarted, List, Tables, Verdict, decide},
-    parse::{Packet, Source, parse},
+    parse::{Packet, Source, TcpAt, parse, tcp_at},
 };
 
 /// Tables of the model, one field per BPF map.
@@ -46,9 +46,8 @@ pub struct ModelTables {
     pub listening: HashSet<u16>,
     /// SYNs the model answered.
     pub challenged: RefCell<Vec<Packet>>,
-    /// The length of the frame being decided: the kernel answers only a SYN
-    /// whose whole TCP header is in the frame.
-    pub frame_len: std::cell::Cell<usize>,
+    /// The frame being decided (its TCP headers, for the flood defence).
+    pub frame: RefCell<Vec<u8>>,
 }
 
 impl Tables for ModelTables {
@@ -151,9 +150,13 @@ impl Tables for ModelTables {
             .insert((src.family, src.addr), expires_ns);
     }
 
-    fn challenge(&self, pkt: &Packet) -> bool {
-        let hlen = usize::from(pkt.tcp_hlen);
-        let whole = hlen >= 20 && usize::from(pkt.l4_off) + hlen <= self.frame_len.get();
+    fn tcp_at(&self) -> Option<TcpAt> {
+        tcp_at(&self.frame.borrow().as_slice())
+    }
+
+    /// The kernel answers only a SYN whose whole TCP header is in the frame.
+    fn challenge(&self, pkt: &Packet, at: &TcpAt) -> bool {
+        let whole = at.hlen >= 20 && at.l4 + at.hlen <= self.frame.borrow().len();
         let answered = whole && self.listening.contains(&pkt.dport);
         if answered {
             self.challenged.borrow_mut().push(*pkt);
@@ -161,7 +164,7 @@ impl Tables for ModelTables {
         answered
     }
 
-    fn check_ack(&self, pkt: &Packet) -> AckCheck {
+    fn check_ack(&self, pkt: &Packet, _at: &TcpAt) -> AckCheck {
         if self.listening.contains(&pkt.dport) {
             AckCheck::BadCookie
         } else {
@@ -217,7 +220,7 @@ impl Model {
 
     /// The verdict for one frame at monotonic time `now_ns`.
     pub fn evaluate(&self, frame: &[u8], now_ns: u64) -> Verdict {
-        self.tables.frame_len.set(frame.len());
+        *self.tables.frame.borrow_mut() = frame.to_vec();
         decide(
             &self.tables,
             &self.config,

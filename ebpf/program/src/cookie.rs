@@ -111,14 +111,15 @@ struct Where {
     v6: bool,
 }
 
+/// The headers' places from their packed form (see `maps::pack`).
 #[inline(always)]
-fn locate(pkt: &Packet) -> Option<Where> {
-    let l3 = pkt.l3_off as u32;
-    let l4 = pkt.l4_off as u32;
+fn locate(at: u32) -> Option<Where> {
+    let l3 = at & 0xff;
+    let l4 = (at >> 8) & 0xffff;
     if l3 > MAX_L3_OFF || l4 > MAX_L4_OFF {
         return None;
     }
-    let v6 = pkt.src.family == 6;
+    let v6 = at >> 24 != 0;
     Some(Where {
         l3,
         l4,
@@ -214,12 +215,12 @@ fn load_syn(ctx: *mut xdp_md, w: &Where, ip: *mut u8, tcp: *mut u8) -> Option<u3
 /// unchanged (no listener here, or the kernel gave no cookie).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn rampart_syn_answer(ctx: *mut xdp_md, pkt: *const Packet) -> u32 {
+pub extern "C" fn rampart_syn_answer(ctx: *mut xdp_md, pkt: *const Packet, at: u32) -> u32 {
     // SAFETY: null checked; the verifier checked it points to a Packet.
     let Some(pkt) = (unsafe { pkt.as_ref() }) else {
         return 0;
     };
-    let Some(w) = locate(pkt) else {
+    let Some(w) = locate(at) else {
         return 0;
     };
     let mut h = MaybeUninit::<Headers>::uninit();
@@ -366,12 +367,12 @@ fn fold(s: u32) -> u16 {
 /// Looks at an ACK from an unverified source: one of [`ack`].
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn rampart_ack_check(ctx: *mut xdp_md, pkt: *const Packet) -> u32 {
+pub extern "C" fn rampart_ack_check(ctx: *mut xdp_md, pkt: *const Packet, at: u32) -> u32 {
     // SAFETY: null checked; the verifier checked it points to a Packet.
     let Some(pkt) = (unsafe { pkt.as_ref() }) else {
         return ack::NO_SOCKET;
     };
-    let Some(w) = locate(pkt) else {
+    let Some(w) = locate(at) else {
         return ack::NO_SOCKET;
     };
     let mut h = MaybeUninit::<Headers>::uninit();

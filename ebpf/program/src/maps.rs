@@ -10,6 +10,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
 };
 use rampart_common::{
     abi::{
@@ -23,10 +24,13 @@ use rampart_common::{
     },
     flood::verified_hint,
     list_table::{self, V4Slot, V6Slot},
-    parse::{Packet, Parsed, Source},
+    parse::{Packet, Parsed, Source, TcpAt, tcp_at},
 };
 
-use crate::cookie::{ack, rampart_ack_check, rampart_syn_answer};
+use crate::{
+    cookie::{ack, rampart_ack_check, rampart_syn_answer},
+    packet::XdpFrame,
+};
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(CONFIG_SLOTS, 0);
@@ -353,6 +357,13 @@ pub extern "C" fn rampart_start_ban(
     0
 }
 
+/// Where a frame's TCP headers are, as the cookie functions take it: the
+/// IP header's offset, the TCP header's, and bit 24 for IPv6.
+#[inline(always)]
+fn pack(at: &TcpAt) -> u32 {
+    (at.l3 as u32 & 0xff) | (at.l4 as u32 & 0xffff) << 8 | (at.v6 as u32) << 24
+}
+
 /// The list a global function's scalar argument names.
 #[inline(always)]
 fn list_of(index: u32) -> List {
@@ -625,16 +636,24 @@ impl Tables for BpfTables<'_> {
     }
 
     #[inline(always)]
-    fn challenge(&self, pkt: &Packet) -> bool {
-        !self.ctx.is_null() && rampart_syn_answer(self.ctx, pkt) != 0
+    fn tcp_at(&self) -> Option<TcpAt> {
+        if self.ctx.is_null() {
+            return None;
+        }
+        tcp_at(&XdpFrame::new(&XdpContext::new(self.ctx)))
     }
 
     #[inline(always)]
-    fn check_ack(&self, pkt: &Packet) -> AckCheck {
+    fn challenge(&self, pkt: &Packet, at: &TcpAt) -> bool {
+        !self.ctx.is_null() && rampart_syn_answer(self.ctx, pkt, pack(at)) != 0
+    }
+
+    #[inline(always)]
+    fn check_ack(&self, pkt: &Packet, at: &TcpAt) -> AckCheck {
         if self.ctx.is_null() {
             return AckCheck::NoSocket;
         }
-        match rampart_ack_check(self.ctx, pkt) {
+        match rampart_ack_check(self.ctx, pkt, pack(at)) {
             ack::ESTABLISHED => AckCheck::Established,
             ack::VALID => AckCheck::ValidCookie,
             ack::BAD => AckCheck::BadCookie,
