@@ -122,6 +122,18 @@ fn lab(name: &str, net: u8, policy: &str) -> anyhow::Result<(Lab, XdpWire)> {
     Ok((lab, pass))
 }
 
+/// hping3 in the client namespace with `args`, aimed at the server.
+fn hping3(lab: &Lab, args: &[&str]) -> Child {
+    lab.cli
+        .command("hping3")
+        .args(args)
+        .arg(&lab.server_ip)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hping3")
+}
+
 /// An hping3 flood from the client namespace with a random source on every
 /// packet; stopped on drop.
 struct SpoofedFlood(Child);
@@ -130,16 +142,7 @@ impl SpoofedFlood {
     fn start(lab: &Lab, args: &[&str]) -> Self {
         let mut a = vec!["--flood", "--rand-source", "-q"];
         a.extend_from_slice(args);
-        a.push(&lab.server_ip);
-        Self(
-            lab.cli
-                .command("hping3")
-                .args(&a)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start hping3"),
-        )
+        Self(hping3(lab, &a))
     }
 }
 
@@ -271,17 +274,11 @@ fn a_spoofed_udp_flood_is_capped_by_the_newcomer_budget_while_a_tracked_client_f
     )?;
     let client = lab.client_ips[0].clone();
     let delivered = Delivered::watch(&lab, &client)?;
+    let port = UDP_PORT.to_string();
     let udp = |args: &[&str]| {
-        let mut a = vec!["--udp", "-p", "9999", "-q"];
+        let mut a = vec!["--udp", "-p", port.as_str(), "-q"];
         a.extend_from_slice(args);
-        a.push(&lab.server_ip);
-        lab.cli
-            .command("hping3")
-            .args(&a)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start hping3")
+        hping3(&lab, &a)
     };
     // The client first, so the policy tracks it; then the flood beside it.
     let sends = 400u64;

@@ -78,6 +78,23 @@ impl Verdict {
             policy: NO_POLICY,
         }
     }
+
+    /// The verdict as one scalar, a byte per field, the way the kernel's
+    /// global functions pass it (a scalar costs no copy through memory).
+    #[inline(always)]
+    pub const fn to_u32(self) -> u32 {
+        self.action as u32 | (self.reason as u32) << 8 | (self.policy as u32) << 16
+    }
+
+    /// What [`Verdict::to_u32`] made, back as a verdict.
+    #[inline(always)]
+    pub const fn from_u32(v: u32) -> Self {
+        Self {
+            action: v as u8,
+            reason: (v >> 8) as u8,
+            policy: (v >> 16) as u8,
+        }
+    }
 }
 
 /// What the kernel found for an ACK from an unverified source to a port

@@ -330,8 +330,7 @@ pub extern "C" fn rampart_syn_defence(
         return 0;
     };
     let (index, dry_run) = (policy & 0xff, policy & 1 << 8 != 0);
-    let v = syn_verdict(&BpfTables { cfg, ctx }, cfg, index, pkt, now, dry_run);
-    v.action as u32 | (v.reason as u32) << 8 | (v.policy as u32) << 16
+    syn_verdict(&BpfTables { cfg, ctx }, cfg, index, pkt, now, dry_run).to_u32()
 }
 
 /// A ban out of line (see `Tables::start_ban`).
@@ -505,12 +504,7 @@ impl Tables for BpfTables<'_> {
         dry_run: bool,
     ) -> Verdict {
         let policy = index & 0xff | (dry_run as u32) << 8;
-        let v = rampart_syn_defence(self.ctx, cfg, pkt, policy, now);
-        Verdict {
-            action: v as u8,
-            reason: (v >> 8) as u8,
-            policy: (v >> 16) as u8,
-        }
+        Verdict::from_u32(rampart_syn_defence(self.ctx, cfg, pkt, policy, now))
     }
 
     #[inline(always)]
@@ -747,8 +741,7 @@ pub fn sample(cfg: &Config, parsed: &Parsed, v: &Verdict, ifindex: u32, len: u32
         },
         _ => Packet::default(),
     };
-    let verdict = v.action as u32 | (v.reason as u32) << 8 | (v.policy as u32) << 16;
-    rampart_sample(&pkt, verdict, ifindex, len, now);
+    rampart_sample(&pkt, v.to_u32(), ifindex, len, now);
 }
 
 /// A sampled drop's event, built out of line: the main program's paths
@@ -768,6 +761,7 @@ pub extern "C" fn rampart_sample(
     let Some(pkt) = (unsafe { pkt.as_ref() }) else {
         return 0;
     };
+    let v = Verdict::from_u32(verdict);
     emit(&Event {
         ts_ns: now,
         ban_expires_ns: 0,
@@ -780,9 +774,9 @@ pub extern "C" fn rampart_sample(
         kind: event_kind::DROP_SAMPLE,
         family: pkt.src.family,
         proto: pkt.proto,
-        action: verdict as u8,
-        reason: (verdict >> 8) as u8,
-        policy: (verdict >> 16) as u8,
+        action: v.action,
+        reason: v.reason,
+        policy: v.policy,
         prefix_len: 0,
         _pad: 0,
         offences: 0,
