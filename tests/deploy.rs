@@ -78,6 +78,10 @@ fn the_daemonset_is_least_privilege_and_wired_as_documented() {
     assert_eq!(spec["hostNetwork"], true);
     assert_eq!(spec["automountServiceAccountToken"], false);
     assert_eq!(spec["priorityClassName"], "system-node-critical");
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     assert_eq!(spec["tolerations"][0]["operator"], "Exists");
     assert!(
         spec.get("initContainers").is_none(),
@@ -100,6 +104,24 @@ fn the_daemonset_is_least_privilege_and_wired_as_documented() {
     assert_eq!(
         sc["capabilities"]["add"],
         serde_yaml::from_str::<Value>("[BPF, NET_ADMIN, PERFMON]").unwrap()
+    );
+    // Metrics on the node's own address (its InternalIP), not every address.
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let at = args.iter().position(|a| *a == "--metrics-listen");
+    assert_eq!(
+        at.and_then(|i| args.get(i + 1)).copied(),
+        Some("$(RAMPART_NODE_IP):9717"),
+        "{args:?}"
+    );
+    assert_eq!(c["env"][0]["name"], "RAMPART_NODE_IP");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
     );
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
@@ -160,6 +182,9 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         "CapabilityBoundingSet=",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
+        "ProtectKernelTunables=yes",
+        "LimitNOFILE=",
+        "MemoryMax=",
         "RestrictAddressFamilies=",
         "StateDirectory=rampart",
         "RuntimeDirectory=rampart",

@@ -180,3 +180,145 @@ fn a_broad_allowlist_entry_needs_force_and_force_is_audited() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// Raises this process's descriptor limit to its hard limit (the test
+/// holds thousands of connections).
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    }
+}
+
+/// One scrape on a fresh connection: true on a complete 200 answer.
+fn scrape(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: rampart\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    s.read_to_string(&mut body).is_ok()
+        && body.starts_with("HTTP/1.1 200")
+        && body.contains("rampart_build_info")
+}
+
+#[test]
+fn idle_connections_and_a_scrape_flood_leave_the_agent_working() -> anyhow::Result<()> {
+    use std::{
+        sync::atomic::{AtomicBool, AtomicU64, Ordering},
+        time::{Duration, Instant},
+    };
+
+    use rampart_tests::netns::InNetns;
+
+    raise_nofile();
+    let mut lab = Lab::new("hc", 129, "")?;
+    let blocked_client = lab.client_ips[1].clone();
+    // Listening on every address, as a node's metrics port may be.
+    let text = lab
+        .config_text(&format!("[blocklist]\nentries = [\"{blocked_client}\"]\n"))
+        .replace(
+            &format!("127.0.0.1:{}", lab.metrics_port),
+            &format!("0.0.0.0:{}", lab.metrics_port),
+        );
+    std::fs::write(&lab.config, text)?;
+    lab.start()?;
+    let pid = lab.agent_pid().expect("the agent runs");
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+    let fds_before = fds();
+
+    // 2,000 connections from the client namespace that never send a byte.
+    let remote = format!("{}:{}", lab.server_ip, lab.metrics_port);
+    let cli_ns = lab.cli.name.clone();
+    let holder = std::thread::spawn(move || {
+        let _in = InNetns::enter_named(&cli_ns).expect("enter the client namespace");
+        (0..2000)
+            .filter_map(|_| std::net::TcpStream::connect(&remote).ok())
+            .collect::<Vec<_>>()
+    });
+    let held = holder.join().expect("the holder thread");
+    assert!(held.len() >= 1900, "{} of 2000 connected", held.len());
+
+    // A scrape flood from the server's loopback, 4 at a time, for 6 s.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (
+        std::sync::Arc::new(AtomicU64::new(0)),
+        std::sync::Arc::new(AtomicU64::new(0)),
+    );
+    let local = format!("127.0.0.1:{}", lab.metrics_port);
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed, local) =
+                (stop.clone(), ok.clone(), failed.clone(), local.clone());
+            let srv_ns = lab.srv.name.clone();
+            std::thread::spawn(move || {
+                let _in = InNetns::enter_named(&srv_ns).expect("enter the server namespace");
+                while !stop.load(Ordering::Relaxed) {
+                    let c = if scrape(&local) { &ok } else { &failed };
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    // Meanwhile the CLI, /healthz and filtering keep working.
+    let started = Instant::now();
+    let mut slowest_cli = Duration::ZERO;
+    let mut health = Vec::new();
+    while started.elapsed() < Duration::from_secs(6) {
+        let t = Instant::now();
+        lab.cli_ok(&["status"])?;
+        slowest_cli = slowest_cli.max(t.elapsed());
+        health.push(lab.http_get("/healthz").0);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(lab.ping(&lab.client_ips[0], 3, "0.2"), 3, "served");
+    assert_eq!(lab.ping(&blocked_client, 3, "0.2"), 0, "still dropped");
+    let fds_during = fds();
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        let _ = f.join();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (_, metrics) = lab.http_get("/metrics");
+    let refused: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("rampart_connections_refused_total{listener=\"metrics\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "held {} idle connections; agent fds {fds_before} before, {fds_during} during; \
+         {ok} scrapes served, {failed} failed in 6 s; {refused} connections refused; \
+         slowest CLI status {slowest_cli:?}; /healthz {}/{} ok",
+        held.len(),
+        health.iter().filter(|c| **c == 200).count(),
+        health.len()
+    );
+    assert!(health.iter().all(|c| *c == 200), "/healthz: {health:?}");
+    assert!(
+        slowest_cli < Duration::from_secs(2),
+        "CLI took {slowest_cli:?}"
+    );
+    assert_eq!(failed, 0, "every scrape from the local address was served");
+    assert!(ok >= 100, "only {ok} scrapes in 6 s");
+    assert!(
+        fds_during < fds_before + 100,
+        "the agent holds {fds_during} descriptors (from {fds_before})"
+    );
+    assert!(refused >= 1900, "refused {refused}");
+    drop(held);
+    Ok(())
+}

@@ -113,6 +113,10 @@ pub struct AgentArgs {
     /// bans are restored from the state file.
     #[arg(long)]
     pub replace_maps: bool,
+    /// Serve metrics on ADDR (ip:port) instead of `[metrics] listen`: for
+    /// an address known only at start, such as a Kubernetes node's IP.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -199,7 +199,7 @@ pub struct MetricsSection {
 impl Default for MetricsSection {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:9717".into(),
+            listen: "127.0.0.1:9717".into(),
         }
     }
 }
@@ -590,7 +590,7 @@ pub fn parse(text: &str, file: &str) -> Result<Validated, ConfigErrors> {
         return Err(ConfigErrors(errors));
     }
     Ok(Validated {
-        metrics_addr: metrics_addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9717))),
+        metrics_addr: metrics_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9717))),
         socket_mode: socket_mode.unwrap_or(0o660),
         source: text.to_string(),
         allowlist,

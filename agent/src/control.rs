@@ -4,7 +4,12 @@
 //! Every request is answered: malformed JSON, unknown paths and oversized
 //! bodies get a 4xx with a message. Changes are audited with the peer's uid
 //! and pid (SO_PEERCRED).
-use std::{net::IpAddr, os::unix::fs::PermissionsExt, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::PermissionsExt,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use axum::{
@@ -29,10 +34,31 @@ use crate::{
         self, AddRequest, ApiError, BansDelRequest, Changed, DelRequest, FloodStatus, StatRow,
         Status,
     },
+    bounded::{Bounded, Limits},
     policy::Protocol,
     reload::reload,
     shared::{BULK_CHANGE, Shared, lock, release_freed_memory},
     state::CoreError,
+};
+
+/// The control socket: few clients (the CLI, an operator's scripts), but an
+/// import may upload for a while, so no lifetime, only an idle limit.
+const CONTROL_LIMITS: Limits = Limits {
+    max_connections: 64,
+    per_peer: 64,
+    idle: Duration::from_secs(60),
+    lifetime: None,
+};
+
+/// The metrics port may be reachable from the network: a scraper or two and
+/// the kubelet's probes, each answered in milliseconds. Idle or slow
+/// connections are closed quickly; together they never hold more than 256
+/// descriptors, and one address no more than 8.
+const METRICS_LIMITS: Limits = Limits {
+    max_connections: 256,
+    per_peer: 8,
+    idle: Duration::from_secs(10),
+    lifetime: Some(Duration::from_secs(60)),
 };
 
 /// Largest request body, except imports.
@@ -46,9 +72,9 @@ struct Peer {
     pid: Option<i32>,
 }
 
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        let cred = stream.io().peer_cred().ok();
+impl Connected<IncomingStream<'_, Bounded<UnixListener>>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, Bounded<UnixListener>>) -> Self {
+        let cred = stream.io().get_ref().peer_cred().ok();
         Self {
             uid: cred.map(|c| c.uid()),
             pid: cred.and_then(|c| c.pid()),
@@ -146,8 +172,12 @@ pub async fn start(shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
         std::fs::remove_file(&path)
             .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    let unix = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    let refused = shared
+        .metrics
+        .connections_refused
+        .with_label_values(&["control"]);
+    let listener = Bounded::new(unix, CONTROL_LIMITS, refused);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
     match group_id(&group) {
         Some(gid) => {
@@ -529,14 +559,21 @@ async fn feeds_refresh(
 }
 
 /// The metrics server: GET /metrics, /healthz, /readyz and nothing else.
-pub async fn start_metrics(shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
-    let addr = lock(&shared.core).cfg.metrics_addr;
-    let listener = tokio::net::TcpListener::bind(addr)
+pub async fn start_metrics(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+) -> anyhow::Result<JoinHandle<()>> {
+    let tcp = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics address {addr}"))?;
+    let refused = shared
+        .metrics
+        .connections_refused
+        .with_label_values(&["metrics"]);
+    let listener = Bounded::new(tcp, METRICS_LIMITS, refused);
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async {
             (
@@ -554,27 +591,49 @@ pub async fn start_metrics(shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>
     }))
 }
 
+/// Served from a snapshot at most a second old, rendered on a blocking
+/// thread: a scrape flood costs one render a second and never holds the
+/// core lock on an async worker.
 async fn metrics(State(s): Shr) -> Response {
     let shared = s.clone();
-    let text = tokio::task::spawn_blocking(move || {
-        let slots = lock(&shared.slots).clone();
-        let ifaces = lock(&shared.ifaces).clone();
-        let crowdsec = lock(&shared.crowdsec.status).clone();
-        shared
-            .metrics
-            .set_sources(&shared.feeds.statuses(), crowdsec.as_ref());
-        let core = lock(&shared.core);
-        shared.metrics.render(&core, &slots, &ifaces)
-    })
-    .await
-    .unwrap_or_default();
-    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+    let text = s
+        .metrics
+        .scrape(move || {
+            let slots = lock(&shared.slots).clone();
+            let ifaces = lock(&shared.ifaces).clone();
+            let crowdsec = lock(&shared.crowdsec.status).clone();
+            shared
+                .metrics
+                .set_sources(&shared.feeds.statuses(), crowdsec.as_ref());
+            let core = lock(&shared.core);
+            shared.metrics.render(&core, &slots, &ifaces)
+        })
+        .await;
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        text.as_str().to_owned(),
+    )
+        .into_response()
 }
 
-/// Ready: attached on every configured interface, and the maps answer.
+/// Alive: housekeeping (which takes the core lock and reads the maps) has
+/// run lately. A wedged agent fails this, and its pod is restarted.
+async fn healthz(State(s): Shr) -> Response {
+    match s.health.stalled(crate::clock::mono_ns()) {
+        None => "ok\n".into_response(),
+        Some(d) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("housekeeping last ran {}s ago\n", d.as_secs()),
+        )
+            .into_response(),
+    }
+}
+
+/// Ready: attached on every configured interface, and the maps answer (as
+/// housekeeping last found them: no state lock is taken here).
 async fn readyz(State(s): Shr) -> Response {
     let ifaces = lock(&s.ifaces).clone();
-    let maps_ok = lock(&s.core).dp.stats().is_ok();
+    let maps_ok = s.health.maps_ok();
     let missing: Vec<String> = ifaces
         .iter()
         .filter(|i| !i.attached)

@@ -41,6 +41,8 @@ pub struct AgentOptions {
     /// Recreate the maps (to apply new capacities); runtime state comes back
     /// from the state file.
     pub replace_maps: bool,
+    /// Overrides `[metrics] listen`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The pin directory of this layout version.
@@ -66,6 +68,7 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<()> {
         );
     }
     raise_memlock();
+    raise_nofile();
     let bpffs = cfg.config.agent.bpffs.clone();
     let root = bpffs.parent().unwrap_or(Path::new("/sys/fs/bpf"));
     if !host::is_bpffs(root) && !host::is_bpffs(&bpffs) {
@@ -97,6 +100,22 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => b.json().try_init(),
         LogFormat::Text => b.try_init(),
     };
+}
+
+/// The soft descriptor limit up to the hard one: listeners cap their own
+/// connections, and the rest (maps, links, feeds) should never meet 1024.
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
@@ -180,13 +199,17 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
         crowdsec: crate::crowdsec::Bouncer::default(),
         saving: Mutex::new(()),
         save_soon: tokio::sync::Notify::new(),
+        health: crate::shared::Health::new(clock::mono_ns()),
     });
     shared.metrics.record_reload(true);
     sync_interfaces(&shared);
     save_state(&shared);
 
     let control = crate::control::start(shared.clone()).await?;
-    let metrics = crate::control::start_metrics(shared.clone()).await?;
+    let metrics_addr = opts
+        .metrics_listen
+        .unwrap_or(lock(&shared.core).cfg.metrics_addr);
+    let metrics = crate::control::start_metrics(shared.clone(), metrics_addr).await?;
     tokio::spawn(watch_config(shared.clone()));
     tokio::spawn(housekeeping(shared.clone()));
     tokio::spawn(saver(shared.clone()));
@@ -341,6 +364,9 @@ async fn housekeeping(shared: Arc<Shared>) {
             if let Err(e) = core.sweep() {
                 tracing::warn!("sweep failed: {e}");
             }
+            shared
+                .health
+                .beat(clock::mono_ns(), core.dp.stats().is_ok());
             core.dirty
         };
         if dirty {

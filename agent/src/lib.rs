@@ -3,6 +3,7 @@
 pub mod api;
 pub mod attach;
 pub mod audit;
+pub mod bounded;
 mod bpf_sys;
 pub mod cli;
 pub mod client;
@@ -27,6 +28,7 @@ pub mod reload;
 pub mod shared;
 mod slash24;
 pub mod state;
+pub mod sync;
 pub mod syncookies;
 pub mod top;
 

@@ -34,6 +34,7 @@ fn main() {
                     config: args.config.unwrap_or_else(|| config::DEFAULT_PATH.into()),
                     log_format: args.log_format.map(Into::into),
                     replace_maps: args.replace_maps,
+                    metrics_listen: args.metrics_listen,
                 };
                 match daemon::run(opts) {
                     Ok(()) => 0,

@@ -47,7 +47,16 @@ pub struct Metrics {
     cookie_fallback: IntCounter,
     verified_by_connection: IntCounter,
     verified_sources: IntGauge,
+    pub connections_refused: IntCounterVec,
+    /// The last rendered scrape and when: a scrape flood renders once a
+    /// second at most.
+    snapshot: std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<String>)>>,
+    /// One render at a time; other scrapes wait and take its result.
+    rendering: tokio::sync::Mutex<()>,
 }
+
+/// How old a served scrape may be.
+pub const SNAPSHOT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
@@ -291,8 +300,19 @@ impl Metrics {
                 "rampart_verified_sources",
                 "Sources that proved they can receive (valid SYN cookie or established connection), not yet expired.",
             ),
+            connections_refused: counter_vec(
+                &r,
+                "rampart_connections_refused_total",
+                "Connections closed on accept because the listener's connection cap was reached, by listener.",
+                &["listener"],
+            ),
+            snapshot: std::sync::Mutex::new(None),
+            rendering: tokio::sync::Mutex::new(()),
             registry: r,
         };
+        for listener in ["metrics", "control"] {
+            let _ = m.connections_refused.with_label_values(&[listener]);
+        }
         // Both results exist from the start, so alerts can rate() them.
         for result in ["success", "failure"] {
             let _ = m.reloads.with_label_values(&[result]);
@@ -375,6 +395,35 @@ impl Metrics {
     }
 
     /// Reads the kernel state and renders the text exposition format.
+    /// The scrape text: the snapshot while it is fresh, else a new render by
+    /// `render` (run off the async workers by the caller's closure).
+    pub async fn scrape<F>(&self, render: F) -> std::sync::Arc<String>
+    where
+        F: FnOnce() -> String + Send + 'static,
+    {
+        let fresh = |m: &Self| {
+            crate::sync::lock(&m.snapshot)
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < SNAPSHOT_MAX_AGE)
+                .map(|(_, t)| t.clone())
+        };
+        if let Some(t) = fresh(self) {
+            return t;
+        }
+        let _one = self.rendering.lock().await;
+        // A scrape that waited here takes the render it waited for.
+        if let Some(t) = fresh(self) {
+            return t;
+        }
+        let text = std::sync::Arc::new(
+            tokio::task::spawn_blocking(render)
+                .await
+                .unwrap_or_default(),
+        );
+        *crate::sync::lock(&self.snapshot) = Some((std::time::Instant::now(), text.clone()));
+        text
+    }
+
     pub fn render(
         &self,
         core: &Core,

@@ -6,7 +6,11 @@
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    sync::{Mutex, MutexGuard},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use crate::{
@@ -38,13 +42,47 @@ pub struct Shared {
     pub(crate) saving: Mutex<()>,
     /// Wakes the saver after a change, so it reaches the state file at once.
     pub save_soon: tokio::sync::Notify,
+    pub health: Health,
 }
 
-/// Locks a mutex, recovering from poisoning: a panicked holder must not take
-/// the agent's control plane down with it.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Housekeeping this long overdue means a wedged agent: /healthz fails.
+pub const HEARTBEAT_STALE: Duration = Duration::from_secs(15);
+
+/// What the health endpoints read without taking any state lock: the last
+/// housekeeping pass (which takes the core lock and reads the maps) and
+/// whether its map read answered.
+pub struct Health {
+    beat_ns: AtomicU64,
+    maps_ok: AtomicBool,
 }
+
+impl Health {
+    pub fn new(now_ns: u64) -> Self {
+        Self {
+            beat_ns: AtomicU64::new(now_ns),
+            maps_ok: AtomicBool::new(true),
+        }
+    }
+
+    /// Housekeeping ran at `now_ns`, and the maps answered or not.
+    pub fn beat(&self, now_ns: u64, maps_ok: bool) {
+        self.beat_ns.store(now_ns, Ordering::Relaxed);
+        self.maps_ok.store(maps_ok, Ordering::Relaxed);
+    }
+
+    pub fn maps_ok(&self) -> bool {
+        self.maps_ok.load(Ordering::Relaxed)
+    }
+
+    /// How long housekeeping has been overdue, if past `HEARTBEAT_STALE`.
+    pub fn stalled(&self, now_ns: u64) -> Option<Duration> {
+        let since =
+            Duration::from_nanos(now_ns.saturating_sub(self.beat_ns.load(Ordering::Relaxed)));
+        (since > HEARTBEAT_STALE).then_some(since)
+    }
+}
+
+pub use crate::sync::lock;
 
 /// The feed runner's shared state.
 pub struct Feeds {
@@ -91,5 +129,28 @@ pub fn release_freed_memory() {
     // SAFETY: malloc_trim only returns the allocator's own free pages.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn health_fails_only_once_housekeeping_is_overdue() {
+        let h = Health::new(100 * S);
+        assert_eq!(h.stalled(110 * S), None);
+        assert_eq!(h.stalled(115 * S), None, "at the limit, still healthy");
+        assert_eq!(h.stalled(130 * S), Some(Duration::from_secs(30)));
+        h.beat(129 * S, false);
+        assert_eq!(h.stalled(130 * S), None, "a beat makes it healthy again");
+        assert!(!h.maps_ok());
+        assert_eq!(
+            h.stalled(50 * S),
+            None,
+            "a clock behind the beat is not a stall"
+        );
     }
 }

@@ -95,16 +95,17 @@ pub struct InNetns {
 
 impl InNetns {
     pub fn enter(ns: &Netns) -> anyhow::Result<Self> {
+        Self::enter_named(&ns.name)
+    }
+
+    /// Enters the namespace named `name` (from another thread than its owner).
+    pub fn enter_named(name: &str) -> anyhow::Result<Self> {
         use std::os::fd::AsRawFd;
         let orig = std::fs::File::open("/proc/thread-self/ns/net")?;
-        let target = std::fs::File::open(format!("/run/netns/{}", ns.name))?;
+        let target = std::fs::File::open(format!("/run/netns/{name}"))?;
         // SAFETY: setns on valid namespace fds; affects only this thread.
         if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!(
-                "setns into {}: {}",
-                ns.name,
-                std::io::Error::last_os_error()
-            );
+            bail!("setns into {name}: {}", std::io::Error::last_os_error());
         }
         Ok(Self { orig })
     }

@@ -5,7 +5,7 @@
 //! No Helm binary is available from the registries these machines reach, so
 //! this renders the subset of Helm's template language the chart keeps to:
 //! `.Values.*`, `.Release.Name`/`.Release.Namespace`, `toJson`, `toYaml`,
-//! `quote`, `nindent`, `if`/`end`, the config checksum, and `{{-`/`-}}`.
+//! `quote`, `nindent`, `if`/`else`/`end`, the config checksum, and `{{-`/`-}}`.
 //! Anything else is an error, so the chart cannot drift outside it unseen.
 use std::{fs, path::Path};
 
@@ -99,6 +99,9 @@ pub(crate) fn render(src: &str, values: &Value, chart: &Path) -> anyhow::Result<
         let action = action.trim();
         if let Some(cond) = action.strip_prefix("if ") {
             blocks.push(truthy(&lookup(cond.trim(), values)?));
+        } else if action == "else" {
+            let open = blocks.last_mut().context("`else` without `if`")?;
+            *open = !*open;
         } else if action == "end" {
             blocks.pop().context("`end` without `if`")?;
         } else if blocks.iter().all(|b| *b) {
@@ -196,4 +199,19 @@ fn scalar(v: &Value) -> anyhow::Result<String> {
         Value::Null => String::new(),
         other => bail!("{other:?} is not a scalar (use toYaml or toJson)"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_else_renders_one_branch() {
+        let values: Value = serde_yaml::from_str("set: \"10.0.0.1\"\nunset: \"\"\n").unwrap();
+        let src = "{{- if .Values.set }}a={{ .Values.set }}{{- else }}none{{- end }};\
+                   {{- if .Values.unset }}b{{- else }}default{{- end }}";
+        let out = render(src, &values, Path::new(".")).unwrap();
+        assert_eq!(out, "a=10.0.0.1;default");
+        assert!(render("{{ else }}", &values, Path::new(".")).is_err());
+    }
 }
