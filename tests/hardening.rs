@@ -322,3 +322,127 @@ fn idle_connections_and_a_scrape_flood_leave_the_agent_working() -> anyhow::Resu
     drop(held);
     Ok(())
 }
+
+/// The lab's config with `interfaces` set to `ifaces` (empty: auto).
+fn with_interfaces(lab: &Lab, ifaces: &str, extra: &str) -> String {
+    lab.config_text(extra).replace(
+        &format!("interfaces = [\"{}\"]", lab.iface()),
+        &format!("interfaces = [{ifaces}]"),
+    )
+}
+
+/// `rampart status`'s row for interface `name`.
+fn iface_row(lab: &Lab, name: &str) -> serde_json::Value {
+    lab.cli_json(&["status"]).unwrap_or_default()["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["name"] == name)
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_interface_without_ethernet_framing_is_refused_and_readiness_says_so() -> anyhow::Result<()> {
+    let mut lab = Lab::new("hl", 130, "")?;
+    // An L3 device (tun: no link layer, as WireGuard) carrying the default
+    // route, with the source behind it blocked.
+    lab.srv
+        .exec(&["ip", "tuntap", "add", "dev", "hltun", "mode", "tun"])?;
+    lab.srv
+        .exec(&["ip", "addr", "add", "192.168.130.1/24", "dev", "hltun"])?;
+    lab.srv.exec(&["ip", "link", "set", "hltun", "up"])?;
+    lab.srv
+        .exec(&["ip", "route", "add", "default", "dev", "hltun"])?;
+    let blocks = "[blocklist]\nentries = [\"192.168.130.2\"]\n";
+
+    // Named in the config: refused with the reason, and not ready.
+    std::fs::write(&lab.config, with_interfaces(&lab, "\"hltun\"", blocks))?;
+    lab.start()?;
+    let row = iface_row(&lab, "hltun");
+    assert_eq!(row["attached"], false, "{row}");
+    let err = row["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("is not Ethernet (no link layer (WireGuard, tun))")
+            && err.contains("protect the Ethernet interface"),
+        "{err}"
+    );
+    assert_eq!(
+        lab.http_get("/readyz"),
+        (503, "not attached: hltun\n".to_string())
+    );
+    let tc = lab.srv.exec(&["ip", "link", "show", "hltun"])?;
+    assert!(!tc.contains("xdp"), "no program on the tun device: {tc}");
+    lab.stop();
+
+    // Auto mode passes over it: not ready while it is the only default route,
+    // ready once an Ethernet interface carries one too.
+    std::fs::write(&lab.config, with_interfaces(&lab, "", blocks))?;
+    lab.start()?;
+    assert_eq!(iface_row(&lab, "hltun")["mode"], "skipped");
+    let (code, body) = lab.http_get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with("no interface to protect: interface hltun is not Ethernet"),
+        "{body}"
+    );
+    lab.srv.exec(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &lab.client_ips[0],
+        "dev",
+        &lab.iface(),
+        "metric",
+        "100",
+    ])?;
+    assert!(
+        eventually(10, || lab.http_get("/readyz").0 == 200),
+        "ready with the Ethernet interface: {:?}",
+        lab.http_get("/readyz")
+    );
+    assert_eq!(iface_row(&lab, &lab.iface())["attached"], true);
+    Ok(())
+}
+
+#[test]
+fn a_default_route_flap_keeps_the_filter_attached() -> anyhow::Result<()> {
+    let mut lab = Lab::new("hr", 131, "")?;
+    let blocked_client = lab.client_ips[1].clone();
+    let via = lab.client_ips[0].clone();
+    let route = [
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &via,
+        "dev",
+        &lab.iface(),
+    ];
+    lab.srv.exec(&route)?;
+    let blocks = format!("[blocklist]\nentries = [\"{blocked_client}\"]\n");
+    std::fs::write(&lab.config, with_interfaces(&lab, "", &blocks))?;
+    lab.start()?;
+    assert_eq!(iface_row(&lab, &lab.iface())["attached"], true);
+    assert_eq!(lab.ping(&blocked_client, 2, "0.2"), 0);
+    // The default route goes away for a few seconds (a DHCP renewal, a
+    // routing daemon's restart): the interface stays protected.
+    lab.srv.exec(&["ip", "route", "del", "default"])?;
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert_eq!(
+        iface_row(&lab, &lab.iface())["attached"],
+        true,
+        "{}",
+        lab.log()
+    );
+    assert_eq!(lab.ping(&blocked_client, 3, "0.2"), 0, "still dropped");
+    assert_eq!(lab.ping(&via, 2, "0.2"), 2, "still served");
+    lab.srv.exec(&route)?;
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(lab.ping(&blocked_client, 2, "0.2"), 0);
+    assert!(!lab.log().contains("detached"), "{}", lab.log());
+    Ok(())
+}

@@ -157,6 +157,15 @@ impl IfaceStatus {
             error: Some(error),
         }
     }
+
+    /// Auto mode passed over it (a default route on a non-Ethernet device);
+    /// readiness does not wait for it.
+    pub fn skipped(name: &str, why: String) -> Self {
+        Self {
+            mode: "skipped".into(),
+            ..Self::down(name, why)
+        }
+    }
 }
 
 /// One row of `block list` / `allow list`.

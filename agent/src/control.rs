@@ -636,14 +636,24 @@ async fn readyz(State(s): Shr) -> Response {
     let maps_ok = s.health.maps_ok();
     let missing: Vec<String> = ifaces
         .iter()
-        .filter(|i| !i.attached)
+        .filter(|i| !i.attached && i.mode != "skipped")
         .map(|i| i.name.clone())
         .collect();
     if !maps_ok {
         return (StatusCode::SERVICE_UNAVAILABLE, "maps do not answer\n").into_response();
     }
-    if ifaces.is_empty() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "no interface to protect\n").into_response();
+    if !ifaces.iter().any(|i| i.attached) && missing.is_empty() {
+        let skipped: Vec<&str> = ifaces.iter().filter_map(|i| i.error.as_deref()).collect();
+        let why = if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", skipped.join("; "))
+        };
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no interface to protect{why}\n"),
+        )
+            .into_response();
     }
     if !missing.is_empty() {
         return (

@@ -200,6 +200,7 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
         saving: Mutex::new(()),
         save_soon: tokio::sync::Notify::new(),
         health: crate::shared::Health::new(clock::mono_ns()),
+        routes: Mutex::default(),
     });
     shared.metrics.record_reload(true);
     sync_interfaces(&shared);

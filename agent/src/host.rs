@@ -72,16 +72,78 @@ pub fn ifname(index: u32) -> Option<String> {
     )
 }
 
+/// ARPHRD_ETHER: the only link type whose frames the program parses.
+pub const LINK_ETHER: u16 = 1;
+
+/// The link type (ARPHRD_*) of interface `name` in this network namespace
+/// (from the device itself: /sys may show another namespace's devices).
+pub fn link_type(name: &str) -> Option<u16> {
+    const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
+    let bytes = name.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: a plain datagram socket, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR fills the ifreq it is given; fd is ours.
+    let ok = unsafe { libc::ioctl(fd, SIOCGIFHWADDR as _, &mut req) } == 0;
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(fd) };
+    if !ok {
+        return None;
+    }
+    // SAFETY: on success the kernel set the hardware address member.
+    Some(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
+}
+
+/// A link type's name, for errors.
+pub fn link_type_name(t: u16) -> String {
+    match t {
+        1 => "Ethernet".into(),
+        512 => "PPP".into(),
+        768 => "IPIP tunnel".into(),
+        769 => "IPv6-in-IPv6 tunnel".into(),
+        772 => "loopback".into(),
+        776 => "SIT tunnel".into(),
+        778 => "GRE tunnel".into(),
+        823 => "IP6GRE tunnel".into(),
+        65534 => "no link layer (WireGuard, tun)".into(),
+        t => format!("link type {t}"),
+    }
+}
+
+/// Why the program cannot protect interface `name`, if it cannot: its
+/// frames must start with an Ethernet header. On an L3 device the parser
+/// would read the ethertype from inside the IP header and pass nearly
+/// every packet as non-IP.
+pub fn unprotectable(name: &str) -> Option<String> {
+    let t = link_type(name)?;
+    (t != LINK_ETHER).then(|| {
+        format!(
+            "interface {name} is not Ethernet ({}): the program parses Ethernet frames only; protect the Ethernet interface that carries its traffic instead",
+            link_type_name(t)
+        )
+    })
+}
+
 /// Interfaces that carry a default route (IPv4 or IPv6): the embedded
-/// default's choice of what to protect.
-pub fn default_route_interfaces() -> Vec<String> {
+/// default's choice of what to protect. An error when the routes cannot be
+/// read (then nothing is known, and the caller keeps what it had).
+pub fn default_route_interfaces() -> std::io::Result<Vec<String>> {
     let mut out = Vec::new();
-    if let Ok(t) = std::fs::read_to_string("/proc/net/route") {
-        for line in t.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 2 && f[1] == "00000000" && !out.contains(&f[0].to_string()) {
-                out.push(f[0].to_string());
-            }
+    let v4 = std::fs::read_to_string("/proc/net/route")?;
+    for line in v4.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() > 2 && f[1] == "00000000" && !out.contains(&f[0].to_string()) {
+            out.push(f[0].to_string());
         }
     }
     if let Ok(t) = std::fs::read_to_string("/proc/net/ipv6_route") {
@@ -95,7 +157,7 @@ pub fn default_route_interfaces() -> Vec<String> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Capabilities the agent needs, with their bit numbers.
@@ -134,4 +196,16 @@ pub fn is_bpffs(path: &std::path::Path) -> bool {
     }
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     s.f_type as i64 == BPF_FS_MAGIC
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_types_come_from_the_device() {
+        assert_eq!(link_type("lo"), Some(772));
+        assert!(unprotectable("lo").is_some_and(|w| w.contains("(loopback)")));
+        assert_eq!(link_type("no-such-device0"), None);
+    }
 }

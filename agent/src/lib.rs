@@ -3,6 +3,7 @@
 pub mod api;
 pub mod attach;
 pub mod audit;
+pub mod auto_ifaces;
 pub mod bounded;
 mod bpf_sys;
 pub mod cli;

@@ -20,13 +20,18 @@ pub fn hash_of(text: &str) -> u64 {
     h.finish()
 }
 
-/// The interfaces to protect: configured, or those with a default route.
-fn wanted_interfaces(core: &Core) -> Vec<String> {
+/// The interfaces to protect: configured, or (auto) those with a default
+/// route, remembered through a route flap. The flag says which.
+fn wanted_interfaces(core: &Core, shared: &Shared) -> (Vec<String>, bool) {
     let c = &core.cfg.config.agent.interfaces;
     if c.is_empty() {
-        host::default_route_interfaces()
+        let read = host::default_route_interfaces();
+        (
+            lock(&shared.routes).choose(read, crate::clock::mono_ns()),
+            true,
+        )
     } else {
-        c.clone()
+        (c.clone(), false)
     }
 }
 
@@ -34,7 +39,7 @@ fn wanted_interfaces(core: &Core) -> Vec<String> {
 /// re-created); one failing interface does not stop the others.
 pub fn sync_interfaces(shared: &Shared) {
     let mut core = lock(&shared.core);
-    let wanted = wanted_interfaces(&core);
+    let (wanted, auto) = wanted_interfaces(&core, shared);
     let mode = core.cfg.config.agent.attach_mode;
     let mut ifaces = lock(&shared.ifaces);
     let mut slots = Vec::new();
@@ -52,9 +57,22 @@ pub fn sync_interfaces(shared: &Shared) {
             next.extend(prev);
             continue;
         }
-        let status = match current {
-            None => IfaceStatus::down(name, format!("interface {name} does not exist")),
-            Some(ifindex) => {
+        let not_ethernet = current.and_then(|_| host::unprotectable(name));
+        let status = match (current, not_ethernet) {
+            (None, _) => IfaceStatus::down(name, format!("interface {name} does not exist")),
+            (Some(_), Some(why)) => {
+                if prev.as_ref().and_then(|p| p.error.as_ref()) != Some(&why) {
+                    tracing::error!(interface = %name, "{why}");
+                }
+                // Auto mode passes over a tunnel that carries a default
+                // route; one named in the config is an error until fixed.
+                if auto {
+                    IfaceStatus::skipped(name, why)
+                } else {
+                    IfaceStatus::down(name, why)
+                }
+            }
+            (Some(ifindex), None) => {
                 let res = core
                     .dp
                     .program_mut()

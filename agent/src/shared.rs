@@ -43,6 +43,8 @@ pub struct Shared {
     /// Wakes the saver after a change, so it reaches the state file at once.
     pub save_soon: tokio::sync::Notify,
     pub health: Health,
+    /// Auto mode's interfaces, kept through route flaps.
+    pub routes: Mutex<crate::auto_ifaces::RouteMemory>,
 }
 
 /// Housekeeping this long overdue means a wedged agent: /healthz fails.
