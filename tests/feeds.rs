@@ -89,7 +89,7 @@ fn feeds_load_in_every_format_and_bad_versions_keep_the_last_good_one() -> anyho
         format!(
             "[allowlist]\nentries = [\"{allowed}\"]\n\n\
              [[feed]]\nname = \"own\"\nsource = \"{dir}/own.txt\"\nrefresh = \"1h\"\n\n\
-             [[feed]]\nname = \"drop\"\nsource = \"http://127.0.0.1:18101/drop.txt\"\nformat = \"spamhaus\"\nrefresh = \"1h\"\n\n\
+             [[feed]]\nname = \"drop\"\nsource = \"http://127.0.0.1:18101/drop.txt\"\nallow_http = true\nformat = \"spamhaus\"\nrefresh = \"1h\"\n\n\
              [[feed]]\nname = \"level1\"\nsource = \"file://{dir}/level1.netset\"\nformat = \"netset\"\nrefresh = \"1h\"\nmax_bytes = 200\n{extra}",
             dir = feeds.display()
         )
@@ -262,7 +262,7 @@ fn a_feed_swap_under_a_flood_lets_nothing_from_both_versions_through() -> anyhow
     // Each has 20k other entries, different between versions.
     write_feed(&path, 1, 20_000, &[&blocked, &moving])?;
     lab.write_config(&format!(
-        "[[feed]]\nname = \"swap\"\nsource = \"{}\"\nrefresh = \"1h\"\n",
+        "[[feed]]\nname = \"swap\"\nsource = \"{}\"\nrefresh = \"1h\"\nmax_change_percent = 0\n",
         path.display()
     ))?;
     lab.start()?;
@@ -331,7 +331,7 @@ fn a_large_feed_loads_and_a_feed_that_does_not_fit_changes_nothing() -> anyhow::
     // Room for the feed's 150,001 IPv4 entries and four more.
     let cap = 150_005;
     lab.write_config(&format!(
-        "[capacity]\nblock_v4 = {cap}\n\n[[feed]]\nname = \"big\"\nsource = \"{}\"\nrefresh = \"1h\"\n",
+        "[capacity]\nblock_v4 = {cap}\n\n[[feed]]\nname = \"big\"\nsource = \"{}\"\nrefresh = \"1h\"\nmax_change_percent = 0\n",
         path.display()
     ))?;
     let started = Instant::now();
@@ -394,5 +394,181 @@ fn a_large_feed_loads_and_a_feed_that_does_not_fit_changes_nothing() -> anyhow::
     assert_eq!(fill(), (150_001, 50_000));
     lab.cli_ok(&["block", "add", "192.0.2.1"])?;
     assert_eq!(fill(), (150_002, 50_000));
+    Ok(())
+}
+
+/// An HTTP server on 0.0.0.0:`port` in the lab's server namespace: `/same`
+/// redirects to `/feed.txt` on the same host, `/away` to `/feed.txt` on
+/// 127.0.0.2 (another host that serves it too), `/feed.txt` is `body`.
+fn redirect_server(lab: &Lab, port: u16, body: &str) -> anyhow::Result<HttpServer> {
+    let script = format!(
+        r#"
+import http.server
+BODY = {body:?}.encode()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        to = {{"/same": "/feed.txt", "/away": "http://127.0.0.2:{port}/feed.txt"}}.get(self.path)
+        if to:
+            self.send_response(302); self.send_header("Location", to); self.end_headers()
+        else:
+            self.send_response(200); self.send_header("Content-Length", str(len(BODY))); self.end_headers(); self.wfile.write(BODY)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("0.0.0.0", {port}), H).serve_forever()
+"#
+    );
+    let child = lab
+        .srv
+        .command("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let s = HttpServer(child);
+    let url = format!("http://127.0.0.1:{port}/feed.txt");
+    let up = eventually(10, || {
+        lab.srv
+            .command("curl")
+            .args(["-sf", "-o", "/dev/null", &url])
+            .status()
+            .is_ok_and(|st| st.success())
+    });
+    anyhow::ensure!(up, "the test HTTP server did not start");
+    Ok(s)
+}
+
+fn sha256_hex(text: &str) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(text.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)[..64].to_string()
+}
+
+#[test]
+fn a_feed_source_cannot_redirect_away_widen_the_lists_or_swap_them_whole() -> anyhow::Result<()> {
+    let mut lab = Lab::new("fg", 104, "")?;
+    let blocked = lab.client_ips[1].clone();
+    let dir = lab.dir.join("feeds");
+    std::fs::create_dir_all(&dir)?;
+    let _http = redirect_server(&lab, 18104, "198.51.100.1\n198.51.100.2\n")?;
+    let churn = |seed: u32| -> String {
+        (0..300)
+            .map(|i| format!("{}.{}.{}.1\n", 20 + seed, i / 250, i % 250))
+            .collect()
+    };
+    std::fs::write(dir.join("churn.txt"), churn(0))?;
+    std::fs::write(dir.join("pinned.txt"), "192.0.2.7\n")?;
+    std::fs::write(dir.join("wide-allow.txt"), "198.18.0.5\n")?;
+    std::fs::write(dir.join("wide-block.txt"), "203.0.113.9\n")?;
+    let pin = sha256_hex("192.0.2.7\n");
+    let feed_cfg = |name: &str, source: &str, extra: &str| {
+        format!("[[feed]]\nname = \"{name}\"\nsource = \"{source}\"\nrefresh = \"1h\"\n{extra}\n")
+    };
+    let d = dir.display().to_string();
+    lab.write_config(
+        &[
+            format!("[blocklist]\nentries = [\"{blocked}\"]\n"),
+            feed_cfg("same", "http://127.0.0.1:18104/same", "allow_http = true"),
+            feed_cfg("away", "http://127.0.0.1:18104/away", "allow_http = true"),
+            feed_cfg("churn", &format!("{d}/churn.txt"), ""),
+            feed_cfg(
+                "pinned",
+                &format!("{d}/pinned.txt"),
+                &format!("sha256 = \"{pin}\""),
+            ),
+            feed_cfg(
+                "wide-allow",
+                &format!("{d}/wide-allow.txt"),
+                "action = \"allow\"",
+            ),
+            feed_cfg("wide-block", &format!("{d}/wide-block.txt"), ""),
+        ]
+        .concat(),
+    )?;
+    lab.start()?;
+    let status = |name: &str| {
+        lab.cli_json(&["feeds", "list"])
+            .map(|v| feed(&v, name).clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(15, || [
+            "same",
+            "churn",
+            "pinned",
+            "wide-allow",
+            "wide-block"
+        ]
+        .iter()
+        .all(|n| status(n)["last_success"].as_u64().unwrap_or(0) > 0)),
+        "{}",
+        lab.log()
+    );
+    // A redirect on the source's own host is followed; one to another host
+    // is not, and says why.
+    assert_eq!(status("same")["entries"], 2);
+    let away = status("away");
+    assert_eq!(away["entries"], 0, "{away}");
+    assert!(
+        away["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("redirected to another host")),
+        "{away}"
+    );
+    // An allow feed may not pass everything, nor a block feed drop half the
+    // Internet: refused, the last good version stays.
+    std::fs::write(dir.join("wide-allow.txt"), "198.18.0.5\n0.0.0.0/0\n")?;
+    std::fs::write(dir.join("wide-block.txt"), "203.0.113.9\n0.0.0.0/1\n")?;
+    for (name, wide) in [("wide-allow", "0.0.0.0/0"), ("wide-block", "0.0.0.0/1")] {
+        let o = lab.cli(&["feeds", "refresh", name]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("1 entries broader than /8 (IPv4) or /32 (IPv6)") && err.contains(wide),
+            "{err}"
+        );
+        assert_eq!(status(name)["entries"], 1);
+    }
+    assert!(
+        lab.cli_json(&["allow", "list", "--match", "8.8.8.8"])?
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    );
+    // A version that replaces the whole list is refused past the cap.
+    std::fs::write(dir.join("churn.txt"), churn(1))?;
+    let o = lab.cli(&["feeds", "refresh", "churn"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("adds 300 and removes 300 of the 300 entries in force")
+            && err.contains("max_change_percent = 50"),
+        "{err}"
+    );
+    assert_eq!(status("churn")["entries"], 300);
+    assert!(
+        lab.cli_json(&["block", "list", "--match", "20.0.0.1"])?[0]["origin"][0] == "feed:churn"
+    );
+    // Pinned content: anything else is refused.
+    std::fs::write(dir.join("pinned.txt"), "192.0.2.8\n")?;
+    let o = lab.cli(&["feeds", "refresh", "pinned"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("does not match the pinned sha256") && err.contains(&pin),
+        "{err}"
+    );
+    assert!(
+        lab.cli_json(&["block", "list", "--match", "192.0.2.7"])?[0]["origin"][0] == "feed:pinned"
+    );
+    assert_eq!(
+        lab.ping(&blocked, 2, "0.2"),
+        0,
+        "the blocklist still applies"
+    );
     Ok(())
 }

@@ -4,6 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use rampart_common::decide::List;
 
@@ -53,9 +54,65 @@ pub struct FeedSpec {
     pub max_bytes: u64,
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// Skip lines that are not addresses instead of refusing the version.
+    /// Skip lines that are not addresses (or broader than `[guards]`)
+    /// instead of refusing the version.
     #[serde(default)]
     pub skip_invalid: bool,
+    /// Accept a plain `http://` source (anyone on the path can change it).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// A version that adds, or removes, more than this share of the entries
+    /// in force is refused (changes of up to `CHANGE_FLOOR` entries always
+    /// pass); 0 turns the check off.
+    #[serde(default = "default_max_change_percent")]
+    pub max_change_percent: u32,
+    /// The source's expected SHA-256 (hex): any other content is refused.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+fn default_max_change_percent() -> u32 {
+    50
+}
+
+/// Changes this small pass the `max_change_percent` check whatever the
+/// feed's size: small feeds legitimately change a lot.
+pub const CHANGE_FLOOR: usize = 100;
+
+/// Why a version that adds `added` and removes `removed` of the `previous`
+/// entries in force is refused, if it is. A first version always passes.
+pub fn change_refused(
+    previous: usize,
+    added: usize,
+    removed: usize,
+    max_percent: u32,
+) -> Option<String> {
+    if max_percent == 0 || previous == 0 {
+        return None;
+    }
+    let allowed = (previous.saturating_mul(max_percent as usize) / 100).max(CHANGE_FLOOR);
+    (added > allowed || removed > allowed).then(|| {
+        format!(
+            "this version adds {added} and removes {removed} of the {previous} entries in force, more than max_change_percent = {max_percent} allows ({allowed}); refused. If the change is intended, raise max_change_percent for this feed (0 turns the check off)"
+        )
+    })
+}
+
+/// At most this much of a bad line goes into an error, escaped: a feed's
+/// text is not ours, and errors reach logs and terminals.
+const EXCERPT_CHARS: usize = 40;
+
+/// A short, escaped excerpt of `line` for an error message.
+pub fn excerpt(line: &str) -> String {
+    let mut out: String = line
+        .chars()
+        .take(EXCERPT_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if line.chars().count() > EXCERPT_CHARS {
+        out.push('…');
+    }
+    out
 }
 
 fn default_action() -> List {
@@ -84,6 +141,11 @@ impl FeedSpec {
         let s = self.source.trim();
         if let Some(path) = s.strip_prefix("file://") {
             return Ok(Location::File(PathBuf::from(path)));
+        }
+        if s.starts_with("http://") && !self.allow_http {
+            return Err(format!(
+                "source '{s}' is plain HTTP: anyone on the path could change the list; use https://, or set allow_http = true for a source on a network you trust"
+            ));
         }
         if s.starts_with("http://") || s.starts_with("https://") {
             return reqwest::Url::parse(s)
@@ -127,6 +189,14 @@ impl FeedSpec {
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(600) {
             return Err("timeout must be between 1s and 10m".into());
         }
+        if let Some(h) = &self.sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "sha256 must be 64 hexadecimal digits, got '{}'",
+                    excerpt(h)
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -161,7 +231,19 @@ pub fn parse(format: FeedFormat, text: &str, skip_invalid: bool) -> Result<Parse
             Err(_) if skip_invalid => out.invalid += 1,
             Err(e) => {
                 if errors.len() < 5 {
-                    errors.push(format!("line {}: {e}", i + 1));
+                    // The parser's message quotes the line: only a short,
+                    // plain one is shown as it is.
+                    let plain = line.len() <= EXCERPT_CHARS
+                        && line.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+                    errors.push(if plain {
+                        format!("line {}: {e}", i + 1)
+                    } else {
+                        format!(
+                            "line {}: \"{}\" is not an address or prefix",
+                            i + 1,
+                            excerpt(line)
+                        )
+                    });
                 }
                 out.invalid += 1;
             }
@@ -220,6 +302,18 @@ pub async fn fetch(spec: &FeedSpec, client: &reqwest::Client) -> Result<String, 
                 .map_err(|e| e.unwrap_or_else(too_big))?
         }
     };
+    if let Some(want) = &spec.sha256 {
+        let got: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(format!(
+                "content does not match the pinned sha256 (got {got}, want {}): refused",
+                want.to_ascii_lowercase()
+            ));
+        }
+    }
     String::from_utf8(bytes).map_err(|e| {
         format!(
             "not UTF-8 text (invalid byte at offset {})",
@@ -327,6 +421,9 @@ mod tests {
             max_bytes: default_max_bytes(),
             timeout: default_timeout(),
             skip_invalid: false,
+            allow_http: false,
+            max_change_percent: default_max_change_percent(),
+            sha256: None,
         };
         assert!(
             spec("drop", "https://www.spamhaus.org/drop/drop.txt")
@@ -347,6 +444,42 @@ mod tests {
         let mut s = spec("x", "/x");
         s.refresh = Duration::from_secs(1);
         assert!(s.validate().unwrap_err().contains("refresh"));
+        // Plain HTTP only on request.
+        let mut s = spec("x", "http://feeds.internal/x.txt");
+        assert!(s.validate().unwrap_err().contains("allow_http = true"));
+        s.allow_http = true;
+        assert!(s.validate().is_ok());
+        let mut s = spec("x", "/x");
+        s.sha256 = Some("abc".into());
+        assert!(s.validate().unwrap_err().contains("64 hexadecimal"));
+        s.sha256 = Some("a".repeat(64));
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_lines_are_shown_short_and_escaped() {
+        let hostile = format!("\u{1b}[2J{}", "x".repeat(5000));
+        let e = parse(FeedFormat::Plain, &format!("192.0.2.1\n{hostile}\n"), false).unwrap_err();
+        assert!(e.contains("line 2: \"\\u{1b}[2Jxxx"), "{e}");
+        assert!(!e.contains('\u{1b}') && e.len() < 300, "{e}");
+        // A short plain line keeps the parser's own message.
+        let e = parse(FeedFormat::Plain, "10.1.2.3/8\n", false).unwrap_err();
+        assert!(e.contains("host bits"), "{e}");
+    }
+
+    #[test]
+    fn a_version_may_change_only_so_much() {
+        assert_eq!(change_refused(0, 100_000, 0, 50), None, "a first version");
+        assert_eq!(change_refused(1000, 500, 500, 50), None, "at the limit");
+        assert!(change_refused(1000, 501, 0, 50).is_some());
+        let e = change_refused(1000, 0, 900, 50).unwrap();
+        assert!(
+            e.contains("removes 900 of the 1000") && e.contains("max_change_percent = 50"),
+            "{e}"
+        );
+        assert_eq!(change_refused(10, 100, 10, 50), None, "small changes pass");
+        assert!(change_refused(10, 101, 0, 50).is_some());
+        assert_eq!(change_refused(1000, 1000, 1000, 0), None, "off");
     }
 
     mod fuzz {

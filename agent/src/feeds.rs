@@ -28,6 +28,7 @@ impl Feeds {
             busy: tokio::sync::Mutex::new(()),
             client: reqwest::Client::builder()
                 .user_agent(concat!("rampart/", env!("CARGO_PKG_VERSION")))
+                .redirect(same_origin_redirects())
                 .build()
                 .unwrap_or_default(),
             cache_dir: state_dir.join("feeds"),
@@ -52,7 +53,9 @@ impl Feeds {
                 continue;
             };
             let kind = spec.action;
-            let parsed = match feed::parse(spec.format, &text, spec.skip_invalid) {
+            let parsed = match feed::parse(spec.format, &text, spec.skip_invalid)
+                .and_then(|p| screen_breadth(spec, &core.cfg.config.guards, p))
+            {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(feed = %spec.name, "ignoring the cached version: {e}");
@@ -67,7 +70,8 @@ impl Feeds {
                     .unwrap_or_default();
                 v.insert(keys);
             }
-            match core.replace_feed(&spec.name, kind, &parsed.prefixes, adopted.get(&kind)) {
+            // The cached version passed the change check when it came in.
+            match core.replace_feed(&spec.name, kind, &parsed.prefixes, adopted.get(&kind), None) {
                 Ok(applied) => {
                     tracing::info!(feed = %spec.name, entries = applied.entries, "feed restored from its cached version");
                     let mut book = lock(&self.book);
@@ -83,13 +87,79 @@ impl Feeds {
         }
     }
 
+    /// Writes the cache durably: a crash right after leaves the old
+    /// version or the new one, never a torn file.
     fn write_cache(&self, name: &str, text: &str) -> std::io::Result<()> {
+        use std::io::Write;
         std::fs::create_dir_all(&self.cache_dir)?;
         let path = self.cache_path(name);
         let tmp = path.with_extension("txt.tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &path)
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.cache_dir)?.sync_all()
     }
+}
+
+/// Redirects are followed only within the source's own scheme, host and
+/// port, five at most: a feed server must not send the agent to another
+/// host (a link-local metadata address, say) or down to plain HTTP.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let first = attempt.previous().first().cloned();
+        let same = first.as_ref().is_some_and(|f| {
+            f.scheme() == attempt.url().scheme()
+                && f.host_str() == attempt.url().host_str()
+                && f.port_or_known_default() == attempt.url().port_or_known_default()
+        });
+        if attempt.previous().len() > 5 {
+            attempt.error("more than 5 redirects")
+        } else if same {
+            attempt.follow()
+        } else {
+            let to = feed::excerpt(attempt.url().as_str());
+            attempt.error(format!(
+                "redirected to another host or scheme ({to}); only redirects within the source's own host are followed"
+            ))
+        }
+    })
+}
+
+/// Entries broader than `[guards]` would block (or pass) a large part of
+/// the Internet: they refuse the version, or are skipped with
+/// `skip_invalid` (counted as invalid).
+fn screen_breadth(
+    spec: &FeedSpec,
+    guards: &crate::config::GuardsSection,
+    mut parsed: feed::ParsedFeed,
+) -> Result<feed::ParsedFeed, String> {
+    let broad: Vec<Prefix> = guards
+        .too_broad(&parsed.prefixes)
+        .into_iter()
+        .copied()
+        .collect();
+    if broad.is_empty() {
+        return Ok(parsed);
+    }
+    if spec.skip_invalid && broad.len() < parsed.prefixes.len() {
+        parsed.prefixes.retain(|p| !broad.contains(p));
+        parsed.invalid += broad.len() as u64;
+        return Ok(parsed);
+    }
+    let examples: Vec<String> = broad.iter().take(3).map(ToString::to_string).collect();
+    Err(format!(
+        "{} entries broader than /{} (IPv4) or /{} (IPv6), e.g. {}: refused, they would {} a large part of the Internet ([guards] min_prefix_v4/v6 set the limit; skip_invalid = true loads the rest)",
+        broad.len(),
+        guards.min_prefix_v4,
+        guards.min_prefix_v6,
+        examples.join(", "),
+        if spec.action == List::Block {
+            "block"
+        } else {
+            "pass"
+        }
+    ))
 }
 
 fn mtime(p: &Path) -> u64 {
@@ -167,16 +237,26 @@ async fn fetch_and_apply(
         let kind = spec2.action;
         let applied = {
             let mut core = lock(&shared2.core);
+            let parsed = screen_breadth(&spec2, &core.cfg.config.guards, parsed)?;
             // A feed that changed action leaves its old list first.
             let other = match kind {
                 List::Block => List::Allow,
                 List::Allow => List::Block,
             };
-            core.replace_feed(&spec2.name, other, &[], None)
+            core.replace_feed(&spec2.name, other, &[], None, None)
                 .map_err(|e| e.to_string())?;
-            core.replace_feed(&spec2.name, kind, &parsed.prefixes, None)
-                .map_err(|e| e.to_string())?
+            let applied = core
+                .replace_feed(
+                    &spec2.name,
+                    kind,
+                    &parsed.prefixes,
+                    None,
+                    Some(spec2.max_change_percent),
+                )
+                .map_err(|e| e.to_string())?;
+            (applied, parsed)
         };
+        let (applied, parsed) = applied;
         if let Err(e) = shared2.feeds.write_cache(&spec2.name, &text) {
             tracing::warn!(feed = %spec2.name, "cannot cache the feed (a restart will wait for the source): {e}");
         }

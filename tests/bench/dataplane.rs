@@ -1095,7 +1095,8 @@ fn control_plane() -> BTreeMap<String, Value> {
     let mut lab = Lab::new("bs", 91, "").expect("lab");
     let feed_file = lab.dir.join("feed.txt");
     lab.write_config(&format!(
-        "[capacity]\nblock_v4 = 3000000\n\n[[feed]]\nname = \"big\"\nsource = \"{}\"\nrefresh = \"1h\"\n",
+        // Every version is new: the change cap is off.
+        "[capacity]\nblock_v4 = 3000000\n\n[[feed]]\nname = \"big\"\nsource = \"{}\"\nrefresh = \"1h\"\nmax_change_percent = 0\n",
         feed_file.display()
     ))
     .expect("config");

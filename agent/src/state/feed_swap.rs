@@ -63,6 +63,7 @@ impl Core {
         kind: List,
         prefixes: &[Prefix],
         adopted: Option<&HashSet<Prefix>>,
+        max_change_percent: Option<u32>,
     ) -> Result<FeedApplied, CoreError> {
         let slot = self.feed_slot(name)?;
         let bit = 1u64 << slot;
@@ -106,6 +107,11 @@ impl Core {
         applied.removed = leaving.len() as u64;
         if arriving.is_empty() && leaving.is_empty() {
             return Ok(applied);
+        }
+        if let Some(why) = max_change_percent.and_then(|pct| {
+            crate::feed::change_refused(old.len(), arriving.len(), leaving.len(), pct)
+        }) {
+            return Err(CoreError::Refused(why));
         }
         self.check_room(kind, &arriving, name)?;
 
@@ -175,7 +181,7 @@ impl Core {
         }
         let mut removed = 0;
         for kind in [List::Allow, List::Block] {
-            removed += self.replace_feed(name, kind, &[], None)?.removed;
+            removed += self.replace_feed(name, kind, &[], None, None)?.removed;
         }
         self.feed_slots.remove(name);
         Ok(removed)
