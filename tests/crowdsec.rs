@@ -263,3 +263,178 @@ fn the_data_plane_follows_crowdsec_decisions() -> anyhow::Result<()> {
     assert_eq!(v["active"], 1, "{v}");
     Ok(())
 }
+
+/// The ids of CrowdSec's decisions on `value` (from the alerts: `decisions
+/// list` shows one decision per address).
+fn decision_ids(lapi: &Lapi, value: &str) -> Vec<i64> {
+    let o = lapi.cscli(&["alerts", "list", "-o", "json"], None);
+    let alerts: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    alerts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["decisions"].as_array().cloned().unwrap_or_default())
+        .filter(|d| d["value"] == value)
+        .filter_map(|d| d["id"].as_i64())
+        .collect()
+}
+
+#[test]
+fn a_deleted_decision_leaves_the_block_while_another_decision_holds_it() -> anyhow::Result<()> {
+    let mut lab = Lab::new("cm", 106, "")?;
+    let blocked = lab.client_ips[1].clone();
+    let lapi = Lapi::start(&lab)?;
+    lab.write_config(&format!(
+        "[crowdsec]\nurl = \"http://127.0.0.1:{PORT}\"\napi_key_file = \"{}\"\npoll = \"1s\"\n",
+        lapi.dir.join("bouncer.key").display()
+    ))?;
+    lab.start()?;
+    for (scenario, duration) in [("ssh-bf", "1h"), ("http-probing", "2h")] {
+        lapi.cscli_ok(
+            &[
+                "decisions",
+                "add",
+                "-i",
+                &blocked,
+                "-d",
+                duration,
+                "-R",
+                scenario,
+            ],
+            None,
+        )?;
+    }
+    let ids = decision_ids(&lapi, &blocked);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(eventually(5, || lab.ping(&blocked, 1, "0.2") == 0));
+    // The entry expires with the longer decision.
+    let left = || {
+        listed(&lab, &blocked).map_or(0, |r| {
+            r["expires"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(rampart::clock::unix_now())
+        })
+    };
+    assert!(
+        eventually(5, || left() > 3600),
+        "{:?}",
+        listed(&lab, &blocked)
+    );
+    // One of the two is deleted: the other still holds the block.
+    let first = ids.iter().min().copied().unwrap_or_default().to_string();
+    lapi.cscli_ok(&["decisions", "delete", "--id", &first], None)?;
+    assert!(eventually(5, || bouncer(&lab)["polls_ok"]
+        .as_u64()
+        .unwrap_or(0)
+        > 3));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        listed(&lab, &blocked).is_some(),
+        "lifted while a decision lives"
+    );
+    assert_eq!(lab.ping(&blocked, 2, "0.2"), 0);
+    // The last one goes: lifted.
+    let last = ids.iter().max().copied().unwrap_or_default().to_string();
+    lapi.cscli_ok(&["decisions", "delete", "--id", &last], None)?;
+    assert!(
+        eventually(5, || lab.ping(&blocked, 1, "0.2") == 1),
+        "the last deletion was not followed"
+    );
+    Ok(())
+}
+
+/// A stand-in local API at 0.0.0.0:`port` in the lab's server namespace.
+/// It answers the decision stream with one ban on 192.0.2.66, or, once
+/// `<dir>/redirect` exists, redirects it to another host, whose `/steal`
+/// records the API key it was sent in `<dir>/stolen`.
+fn fake_lapi(lab: &Lab, port: u16, dir: &std::path::Path) -> anyhow::Result<Child> {
+    let script = format!(
+        r#"
+import http.server, json, os
+D = {dir:?}
+BODY = json.dumps({{"new": [{{"id": 7, "duration": "1h", "scenario": "t", "scope": "Ip", "type": "ban", "value": "192.0.2.66"}}], "deleted": None}}).encode()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path.startswith("/steal"):
+            open(os.path.join(D, "stolen"), "w").write(self.headers.get("X-Api-Key", ""))
+        elif os.path.exists(os.path.join(D, "redirect")):
+            self.send_response(302); self.send_header("Location", "http://127.0.0.2:{port}/steal"); self.end_headers(); return
+        self.send_response(200); self.send_header("Content-Length", str(len(BODY))); self.end_headers(); self.wfile.write(BODY)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("0.0.0.0", {port}), H).serve_forever()
+"#,
+        dir = dir.display().to_string()
+    );
+    Ok(lab
+        .srv
+        .command("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+#[test]
+fn the_bouncer_ignores_proxy_variables_and_never_follows_a_redirect_with_its_key()
+-> anyhow::Result<()> {
+    let mut lab = Lab::new("cr", 107, "")?;
+    let dir = lab.dir.join("fake-lapi");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("key"), format!("{KEY}\n"))?;
+    let port = 18107;
+    let mut server = fake_lapi(&lab, port, &dir)?;
+    let url = format!("http://{}:{port}", lab.server_ip);
+    let up = eventually(10, || {
+        lab.srv
+            .command("curl")
+            .args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                &format!("{url}/v1/decisions/stream"),
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    anyhow::ensure!(up, "the stand-in local API did not start");
+    lab.write_config(&format!(
+        "[crowdsec]\nurl = \"{url}\"\napi_key_file = \"{}\"\npoll = \"1s\"\n",
+        dir.join("key").display()
+    ))?;
+    // Every proxy variable points at a port where nothing listens: the
+    // bouncer must not use them (none is configured).
+    let dead = "http://127.0.0.1:9";
+    lab.start_with_env(&[
+        ("HTTP_PROXY", dead),
+        ("http_proxy", dead),
+        ("HTTPS_PROXY", dead),
+        ("https_proxy", dead),
+        ("ALL_PROXY", dead),
+        ("all_proxy", dead),
+    ])?;
+    assert!(
+        eventually(10, || lab
+            .cli_json(&["block", "list", "--match", "192.0.2.66"])
+            .is_ok_and(|v| v.as_array().is_some_and(|a| !a.is_empty()))),
+        "the decision did not arrive past the proxy variables: {}",
+        bouncer(&lab)
+    );
+    // The local API now redirects to another host: not followed.
+    std::fs::write(dir.join("redirect"), "")?;
+    assert!(
+        eventually(10, || bouncer(&lab)["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("answered 302"))),
+        "{}",
+        bouncer(&lab)
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        !dir.join("stolen").exists(),
+        "the API key was sent to the redirect target"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    Ok(())
+}

@@ -24,6 +24,9 @@ use crate::{
 /// One decision as the stream sends it.
 #[derive(Debug, Deserialize)]
 pub struct Decision {
+    /// CrowdSec's decision id: several decisions may hold one address.
+    #[serde(default)]
+    pub id: Option<i64>,
     #[serde(default)]
     pub duration: String,
     #[serde(default)]
@@ -129,6 +132,7 @@ pub async fn run(shared: Arc<Shared>) {
                     let mut core = lock(&s.core);
                     let ours = core.runtime_of(List::Block, CROWDSEC_ORIGIN);
                     let _ = core.remove_from(List::Block, &ours, CROWDSEC_ORIGIN);
+                    lock(&s.crowdsec.book).clear();
                 })
                 .await;
                 *lock(&shared.crowdsec.status) = None;
@@ -235,19 +239,19 @@ fn apply(
 ) -> Result<(), String> {
     let mut ignored = 0u64;
     let mut skipped = 0u64;
-    let deleted: Vec<Prefix> = stream
+    let deleted: Vec<(Prefix, Option<i64>)> = stream
         .deleted
         .unwrap_or_default()
         .iter()
         .filter_map(|d| {
             let t = target(d);
             ignored += u64::from(t.is_none());
-            t
+            t.map(|p| (p, d.id))
         })
         .collect();
     let now = clock::unix_now();
-    let mut items = Vec::new();
-    let mut seen = HashSet::new();
+    let mut news = Vec::new();
+    let mut reasons = std::collections::HashMap::new();
     let mut core = lock(&shared.core);
     for d in stream.new.unwrap_or_default() {
         let (Some(p), Some(left)) = (target(&d), parse_go_duration(&d.duration)) else {
@@ -264,19 +268,27 @@ fn apply(
         }
         let reason: Arc<str> = Arc::from(clip(&format!("crowdsec: {}", d.scenario)));
         let secs = left.as_secs().clamp(1, MAX_TTL.as_secs());
-        items.push((p, Some(now.saturating_add(secs)), Some(reason)));
-        seen.insert(p);
+        news.push((p, d.id, now.saturating_add(secs)));
+        reasons.insert(p, reason);
     }
-    // Deletions first: a value deleted and re-added in one poll stays.
+    // An entry goes only with the last decision that holds it.
+    let changes = lock(&shared.crowdsec.book).apply(&news, &deleted, startup, now);
+    let items: Vec<_> = changes
+        .hold
+        .into_iter()
+        .map(|(p, expires)| (p, Some(expires), reasons.remove(&p)))
+        .collect();
     let mut removed = core
-        .remove_from(List::Block, &deleted, CROWDSEC_ORIGIN)
+        .remove_from(List::Block, &changes.lift, CROWDSEC_ORIGIN)
         .map_err(|e| e.to_string())?;
     if startup {
+        let book = lock(&shared.crowdsec.book);
         let stale: Vec<Prefix> = core
             .runtime_of(List::Block, CROWDSEC_ORIGIN)
             .into_iter()
-            .filter(|p| !seen.contains(p))
+            .filter(|p| !book.holds(p))
             .collect();
+        drop(book);
         removed += core
             .remove_from(List::Block, &stale, CROWDSEC_ORIGIN)
             .map_err(|e| e.to_string())?;
@@ -321,6 +333,7 @@ mod tests {
     #[test]
     fn ipv4_mapped_decisions_become_their_ipv4_address_or_range() {
         let d = |scope: &str, value: &str| Decision {
+            id: None,
             duration: "1h".into(),
             scenario: String::new(),
             scope: scope.into(),
@@ -355,6 +368,7 @@ mod tests {
     #[test]
     fn targets() {
         let dec = |scope: &str, value: &str| Decision {
+            id: None,
             duration: "1h".into(),
             scenario: String::new(),
             scope: scope.into(),

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod crowdsec;
+pub mod crowdsec_book;
 pub mod daemon;
 pub mod datapath;
 pub mod explain;

@@ -100,6 +100,8 @@ pub struct Feeds {
 /// The CrowdSec bouncer's state (its loop is in `crowdsec.rs`).
 pub struct Bouncer {
     pub status: Mutex<Option<CrowdsecStatus>>,
+    /// The live decisions behind each of the bouncer's entries.
+    pub(crate) book: Mutex<crate::crowdsec_book::DecisionBook>,
     pub(crate) client: reqwest::Client,
 }
 
@@ -107,6 +109,7 @@ impl Default for Bouncer {
     fn default() -> Self {
         Self {
             status: Mutex::new(None),
+            book: Mutex::default(),
             // The API key goes in a header: no redirect may carry it to
             // another host, and no proxy from the environment sees it.
             client: reqwest::Client::builder()

@@ -119,6 +119,11 @@ impl Lab {
 
     /// Starts the agent and waits until its control socket answers.
     pub fn start(&mut self) -> anyhow::Result<()> {
+        self.start_with_env(&[])
+    }
+
+    /// Starts the agent with extra environment variables.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -128,6 +133,7 @@ impl Lab {
             .arg(rampart_bin())
             .args(["agent", "--config"])
             .arg(&self.config)
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .spawn()
