@@ -217,6 +217,12 @@ fn the_image_build_stage_produces_what_the_runtime_stage_copies() {
     assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
     let build = stages[0];
     assert!(build.contains("AS build"));
+    assert!(
+        !file
+            .lines()
+            .any(|l| l.contains("| sh") || l.contains("|sh")),
+        "nothing piped from the network into a shell"
+    );
     assert!(build.contains("RUN cargo xtask setup") && build.contains("RUN cargo xtask build"));
     let runtime = stages[1];
     let copy = runtime

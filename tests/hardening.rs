@@ -446,3 +446,44 @@ fn a_default_route_flap_keeps_the_filter_attached() -> anyhow::Result<()> {
     assert!(!lab.log().contains("detached"), "{}", lab.log());
     Ok(())
 }
+
+#[test]
+fn the_agent_moves_only_its_own_pin_layouts_and_keeps_its_files_private() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mut lab = Lab::new("hp", 132, "")?;
+    // Another tool's directories beside ours under the bpffs root, one
+    // starting with "v" like our layout directories.
+    for other in ["vendor-maps", "v5-backup", "v"] {
+        std::fs::create_dir_all(format!("{}/{other}", lab.bpffs()))?;
+    }
+    // A state directory as a hostPath volume creates it, with an audit log
+    // an earlier version left world-readable.
+    let state = lab.dir.join("state");
+    std::fs::create_dir_all(&state)?;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(state.join("audit.log"), "{}\n")?;
+    std::fs::set_permissions(
+        state.join("audit.log"),
+        std::fs::Permissions::from_mode(0o644),
+    )?;
+    lab.start()?;
+    lab.cli_ok(&["block", "add", "192.0.2.1", "--reason", "test"])?;
+    assert!(eventually(5, || state.join("state.json").exists()));
+    for other in ["vendor-maps", "v5-backup", "v"] {
+        assert!(
+            std::path::Path::new(&format!("{}/{other}", lab.bpffs())).is_dir(),
+            "{other} was removed"
+        );
+    }
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0o777)
+    };
+    assert_eq!(mode(&state), 0o700);
+    for f in ["state.json", "audit.log"] {
+        assert_eq!(mode(&state.join(f)), 0o600, "{f}");
+    }
+    Ok(())
+}

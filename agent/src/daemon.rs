@@ -147,6 +147,9 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
     let sample_every = u64::from(cfg.config.events.sample_every);
     let mut core =
         Core::new(dp, cfg).map_err(|e| anyhow::anyhow!("applying the configuration: {e}"))?;
+    if let Err(e) = persist::make_private(&state_dir) {
+        tracing::warn!(dir = %state_dir.display(), "cannot make the state directory private: {e}");
+    }
     let (state, state_problem) = persist::load(&state_dir);
     if let Some(p) = &state_problem {
         tracing::error!("{p}");
@@ -247,7 +250,7 @@ fn migrate_layouts(bpffs: &Path, current: &Path) {
     };
     for e in dir.flatten() {
         let p = e.path();
-        if p == current || !e.file_name().to_string_lossy().starts_with('v') {
+        if p == current || !is_layout_dir(&e.file_name().to_string_lossy()) {
             continue;
         }
         let links = p.join("links");
@@ -265,6 +268,13 @@ fn migrate_layouts(bpffs: &Path, current: &Path) {
         tracing::info!(old = %p.display(), "migrating from an earlier pin layout");
         let _ = remove_tree(&p);
     }
+}
+
+/// Whether a directory under the bpffs root is one of this project's pin
+/// layouts (`v` and a version number): nothing else there is ours to move.
+fn is_layout_dir(name: &str) -> bool {
+    name.strip_prefix('v')
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn remove_tree(p: &Path) -> std::io::Result<()> {

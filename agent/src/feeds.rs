@@ -91,10 +91,10 @@ impl Feeds {
     /// version or the new one, never a torn file.
     fn write_cache(&self, name: &str, text: &str) -> std::io::Result<()> {
         use std::io::Write;
-        std::fs::create_dir_all(&self.cache_dir)?;
+        crate::persist::private_dir(&self.cache_dir)?;
         let path = self.cache_path(name);
         let tmp = path.with_extension("txt.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::persist::create_private(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;

@@ -119,7 +119,11 @@ impl<K> Mapping<K> {
     {
         let i = i as usize;
         // SAFETY: in bounds of the mapping, which lives as long as self.
-        // Only this agent writes slots, and only through this mapping.
+        // Slots are written only on this agent's behalf: through this
+        // mapping, or by the kernel in a BPF_MAP_UPDATE_BATCH call, which
+        // returns before a change goes on (the program only reads them).
+        // Both happen under the change's `&mut self`, never beside a read;
+        // a volatile read of plain data is sound whatever it finds.
         (i < self.len).then(|| unsafe { self.ptr.as_ptr().add(i).read_volatile() })
     }
 
@@ -129,7 +133,9 @@ impl<K> Mapping<K> {
         let i = i as usize;
         if i < self.len {
             // SAFETY: i is in bounds of the mapping, which lives as long as
-            // self; the program only reads slots, and only this agent writes.
+            // self. Besides this mapping only the kernel writes slots, in a
+            // batch update the agent made and that has returned; the
+            // program only reads them.
             unsafe { self.ptr.as_ptr().add(i).write_volatile(slot) };
         }
     }

@@ -90,6 +90,43 @@ fn set_aside(path: &Path, why: &str) -> String {
     }
 }
 
+/// Creates (or empties) a file only its owner can read: state, audit and
+/// feed files name who is blocked and who asked, whatever the umask or the
+/// state directory's mode (a hostPath Kubernetes creates 0755).
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Creates a directory (and its parents) and makes it private to its
+/// owner (0700), as the files in it.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+/// At start: the state directory, its subdirectories and their files made
+/// private, including those an earlier version wrote world-readable.
+pub fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    private_dir(dir)?;
+    for e in fs::read_dir(dir)?.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            make_private(&e.path())?;
+        } else if t.is_file() {
+            fs::set_permissions(e.path(), fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the state atomically (a reader, or a crash, sees the old file or
 /// the new one, never a mix) from pieces: `entries` appends entry objects
 /// (comma-separated) and returns false when there are no more; `bans` comes
@@ -99,11 +136,11 @@ pub fn save_streamed(
     mut entries: impl FnMut(&mut Vec<u8>) -> std::io::Result<bool>,
     bans: impl FnOnce() -> std::io::Result<Vec<SavedBan>>,
 ) -> std::io::Result<()> {
-    fs::create_dir_all(dir)?;
+    private_dir(dir)?;
     let path = dir.join(STATE_FILE);
     let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
     {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, create_private(&tmp)?);
         write!(w, "{{\"version\":{STATE_VERSION},\"entries\":[")?;
         let mut buf = Vec::with_capacity(1 << 20);
         loop {
