@@ -592,3 +592,105 @@ fn the_verifier_accepts_the_program_with_half_its_budget_to_spare() {
         "the verifier walked {verified} instructions, more than half its limit of {VERIFIER_LIMIT}"
     );
 }
+
+/// Bans the program must not start: exempt ranges and verified sources
+/// (a spoofed flood in their name), and a full ban table (never fail open).
+mod spared_bans {
+    use std::time::Duration;
+
+    use rampart::policy::{PolicySpec, Protocol};
+    use rampart_common::abi::{Policy, action, reason, stat};
+    use rampart_tests::{frames::FrameBuilder as F, harness::*};
+
+    const SERVER: &str = "198.51.100.1";
+    /// A policy that bans after 5 drops, and `n` frames of `src` through it:
+    /// (rate-limited drops, ban drops).
+    fn flood_until_banned(p: &Plane, src: &str, n: u32) -> (u32, u32) {
+        let server = if src.contains(':') {
+            "2001:db8::1"
+        } else {
+            SERVER
+        };
+        let frame = F::tcp(src, server).build();
+        let (mut limited, mut banned) = (0, 0);
+        for _ in 0..n {
+            match p.run(&frame).counted {
+                (action::DROP, reason::RATELIMIT) => limited += 1,
+                (action::DROP, reason::BAN) => banned += 1,
+                _ => {}
+            }
+        }
+        (limited, banned)
+    }
+
+    fn banning_policy() -> Vec<Policy> {
+        let mut spec = PolicySpec::simple("ban", Protocol::Tcp, &[(443, 443)], 10, 5);
+        spec.ban_threshold = 5;
+        spec.ban_time = Duration::from_secs(60);
+        spec.to_abi()
+    }
+
+    #[test]
+    fn exempt_ranges_and_verified_sources_are_rate_limited_but_never_banned() {
+        let mut p = Plane::new();
+        p.policies(&banning_policy());
+        p.dp.set_ban_exempt(&[
+            "192.0.2.0/28".parse().unwrap(),
+            "2001:db8:7::/48".parse().unwrap(),
+        ])
+        .unwrap();
+        // A partner's gateway in an exempt range, its address spoofed by a flood.
+        let (limited, banned) = flood_until_banned(&p, "192.0.2.9", 100);
+        assert_eq!(banned, 0, "an exempt source was banned");
+        assert!(limited >= 90, "but it is still rate-limited ({limited})");
+        let (_, banned) = flood_until_banned(&p, "2001:db8:7::1", 100);
+        assert_eq!(banned, 0);
+        // A source that proved it can receive.
+        let verified: std::net::IpAddr = "198.18.0.7".parse().unwrap();
+        p.dp.set_verified(verified, now_ns() + 3_600_000_000_000)
+            .unwrap();
+        let (limited, banned) = flood_until_banned(&p, "198.18.0.7", 100);
+        assert_eq!(banned, 0, "a verified source was banned");
+        assert!(limited >= 90);
+        // Just outside the exempt range: banned as usual.
+        let (_, banned) = flood_until_banned(&p, "192.0.2.17", 100);
+        assert!(
+            banned > 0,
+            "a source outside the exempt range was not banned"
+        );
+        let s = p.dp.stats().unwrap();
+        assert!(s[stat::BAN_EXEMPT as usize] >= 2, "{s:?}");
+        assert!(s[stat::BAN_SPARED_VERIFIED as usize] >= 1, "{s:?}");
+        let bans: Vec<String> =
+            p.dp.bans()
+                .unwrap()
+                .iter()
+                .map(|b| b.0.to_string())
+                .collect();
+        assert_eq!(bans, ["192.0.2.17"]);
+        // The set is replaced whole: the range is bannable again once it left.
+        p.dp.set_ban_exempt(&[]).unwrap();
+        let (_, banned) = flood_until_banned(&p, "192.0.2.10", 100);
+        assert!(banned > 0);
+    }
+
+    #[test]
+    fn a_full_ban_table_leaves_offenders_rate_limited() {
+        let caps = rampart::config::Capacities {
+            bans_v4: 2,
+            ..test_capacities()
+        };
+        let mut p = Plane::with_capacities(caps);
+        p.policies(&banning_policy());
+        for src in ["192.0.2.1", "192.0.2.2"] {
+            assert!(flood_until_banned(&p, src, 100).1 > 0, "{src} banned");
+        }
+        // The table is full: the third offender cannot be banned, and is still
+        // held to its rate (never waved through).
+        let (limited, banned) = flood_until_banned(&p, "192.0.2.3", 100);
+        assert_eq!(banned, 0);
+        assert!(limited >= 90, "rate-limited: {limited}");
+        assert!(p.dp.stats().unwrap()[stat::BAN_TABLE_FULL as usize] > 0);
+        assert_eq!(p.dp.bans().unwrap().len(), 2, "existing bans are kept");
+    }
+}

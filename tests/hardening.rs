@@ -487,3 +487,42 @@ fn the_agent_moves_only_its_own_pin_layouts_and_keeps_its_files_private() -> any
     }
     Ok(())
 }
+
+#[test]
+fn a_flood_in_an_exempt_range_is_rate_limited_but_never_banned() -> anyhow::Result<()> {
+    let (partner, other) = ("10.133.0.2", "10.133.0.4");
+    let config = format!(
+        "[bans]\nexempt = [\"{partner}/32\"]\n\n[[policy]]\nname = \"icmp\"\nprotocol = \"icmp\"\npps = 2\nburst = 2\nban_threshold = 3\nban_time = \"10m\"\n"
+    );
+    let mut lab = Lab::new("he", 133, &config)?;
+    lab.start()?;
+    // The partner's gateway (or a flood spoofing it) goes over its rate.
+    let served = lab.ping(partner, 20, "0.05");
+    assert!(served < 20, "rate-limited: {served} of 20 answered");
+    lab.ping(other, 20, "0.05");
+    let bans = lab.cli_json(&["bans", "list"])?;
+    let banned: Vec<&str> = bans
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["prefix"].as_str())
+        .collect();
+    assert_eq!(banned, [other], "{bans}");
+    let (_, metrics) = lab.http_get("/metrics");
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("rampart_bans_spared_total{reason=\"exempt\"}") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    // A bad range is refused with its place, and changes nothing.
+    lab.write_config(&format!("{config}\n").replace(&format!("{partner}/32"), "10.133.0.2/33"))?;
+    lab.sighup();
+    assert!(eventually(10, || lab.cli_json(&["status"]).is_ok_and(
+        |s| s["reload"]["last_result"] == "failed"
+            && s["reload"]["errors"][0]
+                .as_str()
+                .is_some_and(|e| e.contains("bans.exempt[0]"))
+    )));
+    Ok(())
+}

@@ -40,6 +40,8 @@ pub struct Config {
     #[serde(default)]
     pub protected: ProtectedSection,
     #[serde(default)]
+    pub bans: BansSection,
+    #[serde(default)]
     pub allowlist: ListSection,
     #[serde(default)]
     pub blocklist: ListSection,
@@ -227,6 +229,16 @@ pub struct ProtectedSection {
     pub ranges: Vec<Spanned<String>>,
 }
 
+/// Limits on the bans the program starts by itself.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BansSection {
+    /// Ranges never banned by the program (still metered and rate-limited):
+    /// bans key on the claimed source, so a spoofed flood could get a
+    /// partner's NAT gateway banned.
+    pub exempt: Vec<Spanned<String>>,
+}
+
 impl Default for ProtectedSection {
     fn default() -> Self {
         Self {
@@ -292,6 +304,7 @@ pub struct Validated {
     pub allowlist: Vec<Prefix>,
     pub blocklist: Vec<Prefix>,
     pub protected: Vec<Prefix>,
+    pub ban_exempt: Vec<Prefix>,
     pub metrics_addr: SocketAddr,
     pub socket_mode: u32,
 }
@@ -368,6 +381,19 @@ pub fn parse(text: &str, file: &str) -> Result<Validated, ConfigErrors> {
     let allowlist = prefixes(&config.allowlist.entries, "allowlist.entries", &mut err);
     let blocklist = prefixes(&config.blocklist.entries, "blocklist.entries", &mut err);
     let protected = prefixes(&config.protected.ranges, "protected.ranges", &mut err);
+    let ban_exempt = prefixes(&config.bans.exempt, "bans.exempt", &mut err);
+    let exempt = PerFamily::count(ban_exempt.iter());
+    let most = exempt.v4.max(exempt.v6);
+    if most > u64::from(rampart_common::abi::NO_BAN_ENTRIES) {
+        err(
+            0..0,
+            "bans.exempt".into(),
+            format!(
+                "{most} ranges of one family; at most {} per family",
+                rampart_common::abi::NO_BAN_ENTRIES
+            ),
+        );
+    }
     let caps = config.capacity;
     for (list, entries, field) in [
         (List::Block, &blocklist, "blocklist.entries"),
@@ -596,6 +622,7 @@ pub fn parse(text: &str, file: &str) -> Result<Validated, ConfigErrors> {
         allowlist,
         blocklist,
         protected,
+        ban_exempt,
         config,
     })
 }

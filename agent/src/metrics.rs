@@ -17,6 +17,7 @@ pub struct Metrics {
     bans_active: IntGauge,
     bans_started: IntCounter,
     ban_table_full: IntCounter,
+    bans_spared: IntCounterVec,
     map_entries: IntGaugeVec,
     map_capacity: IntGaugeVec,
     rate_evictions: IntCounter,
@@ -144,7 +145,13 @@ impl Metrics {
             ban_table_full: counter(
                 &r,
                 "rampart_ban_table_full_total",
-                "Bans not recorded because the ban table was full.",
+                "Bans not recorded because the ban table was full (the source stays rate-limited).",
+            ),
+            bans_spared: counter_vec(
+                &r,
+                "rampart_bans_spared_total",
+                "Bans not started though due: the source is in [bans] exempt, or verified. It stays rate-limited.",
+                &["reason"],
             ),
             map_entries: gauge_vec(
                 &r,
@@ -453,6 +460,14 @@ impl Metrics {
         if let Ok(s) = core.dp.stats() {
             mirror(&self.bans_started, s[stat::BANS_STARTED as usize]);
             mirror(&self.ban_table_full, s[stat::BAN_TABLE_FULL as usize]);
+            mirror(
+                &self.bans_spared.with_label_values(&["exempt"]),
+                s[stat::BAN_EXEMPT as usize],
+            );
+            mirror(
+                &self.bans_spared.with_label_values(&["verified"]),
+                s[stat::BAN_SPARED_VERIFIED as usize],
+            );
             mirror(&self.rate_evictions, s[stat::RATE_EVICTIONS as usize]);
             mirror(&self.rate_overflow, s[stat::RATE_OVERFLOW as usize]);
             mirror(&self.events_sent, s[stat::EVENTS_SENT as usize]);

@@ -340,6 +340,7 @@ impl Core {
             k.sample_cap_per_sec = c.events.max_per_second;
             k.verified_ttl_ns = c.flood.verified_ttl.as_nanos() as u64;
         })?;
+        self.dp.set_ban_exempt(&new.ban_exempt)?;
         let old_dry = self.cfg.config.blocklist.dry_run;
         self.cfg = new;
 

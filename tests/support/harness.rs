@@ -55,7 +55,10 @@ impl Outcome {
 
 impl Plane {
     pub fn new() -> Self {
-        let caps = test_capacities();
+        Self::with_capacities(test_capacities())
+    }
+
+    pub fn with_capacities(caps: Capacities) -> Self {
         let dp = Datapath::load(caps, None).expect("load the XDP program (run as root)");
         let mut model = Model::new(caps.rate_sets as usize, caps.bans_v4 as usize);
         model.config = *dp.config();

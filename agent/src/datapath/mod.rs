@@ -13,6 +13,7 @@ mod bans;
 mod counters;
 mod flood;
 mod lists;
+mod no_ban;
 mod view;
 use lists::LenCounts;
 use std::{
@@ -23,7 +24,7 @@ pub use view::ReadOnlyView;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use rampart_common::{
@@ -71,6 +72,8 @@ pub struct Datapath {
     verified_v4: HashMap<MapData, u32, Verified>,
     verified_v6: HashMap<MapData, Addr, Verified>,
     verified_hint: Array<MapData, u64>,
+    no_ban_v4: LpmTrie<MapData, u32, u8>,
+    no_ban_v6: LpmTrie<MapData, Addr, u8>,
     events: Option<RingBuf<MapData>>,
     allow_lens: LenCounts,
     block_lens: LenCounts,
@@ -272,6 +275,8 @@ impl Datapath {
             verified_v4: take!(map_name::VERIFIED_V4),
             verified_v6: take!(map_name::VERIFIED_V6),
             verified_hint: take!(map_name::VERIFIED_HINT),
+            no_ban_v4: take!(map_name::NO_BAN_V4),
+            no_ban_v6: take!(map_name::NO_BAN_V6),
             events: Some(take!(map_name::EVENTS)),
             ebpf,
             allow_lens: LenCounts::default(),

@@ -94,6 +94,10 @@ impl Tables for ReadOnlyView<'_> {
 
     fn set_verified(&self, _src: &Source, _expires_ns: u64) {}
 
+    fn ban_exempt(&self, src: &Source) -> bool {
+        self.0.ban_exempt(src)
+    }
+
     /// As if a listener answered: what the program does while one listens.
     fn challenge(&self, _pkt: &Packet, _at: &TcpAt) -> bool {
         true

@@ -8,6 +8,9 @@
 /// directory named after it so an agent never adopts maps it cannot read.
 pub const LAYOUT_VERSION: u32 = 5;
 
+/// Entries each exempt-from-ban trie holds.
+pub const NO_BAN_ENTRIES: u32 = 1024;
+
 /// Map names as the kernel and the pin directory see them (at most 15 bytes).
 pub mod map_name {
     /// Defines each map's name once, and [`ALL`] from the same list.
@@ -53,6 +56,10 @@ pub mod map_name {
         VERIFIED_V4,
         VERIFIED_V6,
         VERIFIED_HINT,
+        /// Ranges the program never bans by itself (`[bans] exempt`): LPM
+        /// tries, read only when a ban is due.
+        NO_BAN_V4,
+        NO_BAN_V6,
     );
 }
 
@@ -181,6 +188,11 @@ pub mod stat {
     pub const COOKIE_FALLBACK: u32 = 8;
     /// Sources proven by an established connection (not a cookie): verified.
     pub const VERIFIED_BY_SOCKET: u32 = 9;
+    /// Bans not started because the source is in an exempt range.
+    pub const BAN_EXEMPT: u32 = 10;
+    /// Bans not started because the source is verified: a spoofed flood in
+    /// its name must not lock a real client out.
+    pub const BAN_SPARED_VERIFIED: u32 = 11;
     pub const COUNT: u32 = 12;
 }
 

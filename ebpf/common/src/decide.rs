@@ -135,6 +135,8 @@ pub trait Tables {
     /// an `Option<BanEntry>`: the BPF backend mishandles that copy's `None` path.
     fn offences_v4(&self, key: &V4Key) -> u32;
     fn offences_v6(&self, key: &V6Key) -> u32;
+    /// Whether `src` is in a range the program must never ban by itself.
+    fn ban_exempt(&self, src: &Source) -> bool;
     /// Records a ban; false when the table is full.
     fn set_ban_v4(&self, key: &V4Key, ban: &BanEntry) -> bool;
     fn set_ban_v6(&self, key: &V6Key, ban: &BanEntry) -> bool;
@@ -968,6 +970,16 @@ pub fn ban_duration(p: &Policy, offences: u32) -> u64 {
 /// policy's prefix, its offence count up by one and the ban time with it.
 #[inline(always)]
 pub fn start_ban<T: Tables + ?Sized>(t: &T, p: &Policy, index: u32, src: &Source, now: u64) {
+    // Bans key on the claimed source, which a flood can spoof: an exempt
+    // range, or a source that proved it can receive, is only rate-limited.
+    if t.ban_exempt(src) {
+        t.count(stat::BAN_EXEMPT);
+        return;
+    }
+    if t.verified(src, now) {
+        t.count(stat::BAN_SPARED_VERIFIED);
+        return;
+    }
     let (addr, prefix_len) = aggregate(p, src);
     let family = src.family;
     let ban = |prev: u32| {

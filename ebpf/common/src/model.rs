@@ -44,6 +44,8 @@ pub struct ModelTables {
     /// cookies: it answers every SYN to such a port and calls every ACK to
     /// one a bad cookie, as the kernel does for ACKs nobody was sent.
     pub listening: HashSet<u16>,
+    /// Ranges never banned: (family, address, prefix length).
+    pub no_ban: Vec<(u8, Addr, u8)>,
     /// SYNs the model answered.
     pub challenged: RefCell<Vec<Packet>>,
     /// The frame being decided (its TCP headers, for the flood defence).
@@ -135,6 +137,15 @@ impl Tables for ModelTables {
             flood.resize(MAX_POLICIES as usize, FloodState::default());
         }
         flood.get_mut(group as usize).map(f)
+    }
+
+    fn ban_exempt(&self, src: &Source) -> bool {
+        let bits = |a: &Addr| u128::from_be_bytes(a.to_bytes());
+        // IPv4 sits in the first four bytes: its prefix is the top bits too.
+        self.no_ban.iter().any(|(family, addr, len)| {
+            let shift = 128 - u32::from((*len).min(128));
+            *family == src.family && (*len == 0 || bits(addr) >> shift == bits(&src.addr) >> shift)
+        })
     }
 
     fn verified(&self, src: &Source, now: u64) -> bool {

@@ -9,14 +9,15 @@ use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use rampart_common::{
     abi::{
         Addr, BanEntry, CONFIG_SLOTS, COUNTER_ENTRIES, Config, Counter, Event, FloodState,
-        ListEntry, MAX_IFINDEX, MAX_POLICIES, Policy, RateBuckets, RateExtra, RateSet, V4Key,
-        V6Key, VERIFIED_HINT_WORDS, Verified, action, event_kind, list_table_index, slash24, stat,
+        ListEntry, MAX_IFINDEX, MAX_POLICIES, NO_BAN_ENTRIES, Policy, RateBuckets, RateExtra,
+        RateSet, V4Key, V6Key, VERIFIED_HINT_WORDS, Verified, action, event_kind, list_table_index,
+        slash24, stat,
     },
     decide::{
         AckCheck, BanStarted, List, Metered, Tables, Verdict, meter, prefix_lens, probe_ban_v4,
@@ -101,6 +102,12 @@ static VERIFIED_V6: LruHashMap<Addr, Verified> = LruHashMap::with_max_entries(1 
 /// Which addresses may be verified (`rampart_common::flood::verified_hint`).
 #[map]
 static VERIFIED_HINT: Array<u64> = Array::with_max_entries(VERIFIED_HINT_WORDS, 0);
+/// Ranges never banned by the program (keys: the address bytes in network
+/// order, as a source's). Read only on the ban path.
+#[map]
+static NO_BAN_V4: LpmTrie<u32, u8> = LpmTrie::with_max_entries(NO_BAN_ENTRIES, 0);
+#[map]
+static NO_BAN_V6: LpmTrie<Addr, u8> = LpmTrie::with_max_entries(NO_BAN_ENTRIES, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
@@ -550,6 +557,15 @@ impl Tables for BpfTables<'_> {
         match unsafe { BANS_V6.get(key) } {
             Some(b) => b.offences,
             None => 0,
+        }
+    }
+
+    #[inline(always)]
+    fn ban_exempt(&self, src: &Source) -> bool {
+        if src.family == 4 {
+            NO_BAN_V4.get(Key::new(32, src.addr.v4_word())).is_some()
+        } else {
+            NO_BAN_V6.get(Key::new(128, src.addr)).is_some()
         }
     }
 
