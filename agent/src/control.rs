@@ -41,11 +41,13 @@ use crate::{
     state::CoreError,
 };
 
-/// The control socket: few clients (the CLI, an operator's scripts), but an
-/// import may upload for a while, so no lifetime, only an idle limit.
+/// The control socket: only root and one group can connect, and scripts
+/// may run many clients at once, so the cap is generous (a stalled script
+/// must not lock the operator out) yet still bounds descriptors. An import
+/// may upload for a while, so no lifetime, only an idle limit.
 const CONTROL_LIMITS: Limits = Limits {
-    max_connections: 64,
-    per_peer: 64,
+    max_connections: 1024,
+    per_peer: 1024,
     idle: Duration::from_secs(60),
     lifetime: None,
 };
