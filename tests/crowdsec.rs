@@ -3,135 +3,12 @@
 //! private config in the lab's server namespace. Decisions are added and
 //! deleted with `cscli`, and the data plane must follow within the poll
 //! interval.
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+use std::process::{Child, Stdio};
+
+use rampart_tests::{
+    lab::{Lab, eventually},
+    lapi::{KEY, Lapi, PORT},
 };
-
-use rampart_tests::lab::{Lab, eventually};
-
-const PORT: u16 = 18104;
-const KEY: &str = "rampart-test-bouncer-key-0123456789";
-
-/// A CrowdSec local API (no log processing) with its own database.
-struct Lapi {
-    /// The network namespace it listens in.
-    netns: String,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Lapi {
-    fn start(lab: &Lab) -> anyhow::Result<Self> {
-        let dir = lab.dir.join("crowdsec");
-        let _ = std::fs::remove_dir_all(&dir);
-        for sub in ["data", "hub"] {
-            std::fs::create_dir_all(dir.join(sub))?;
-        }
-        let d = dir.display();
-        std::fs::write(dir.join("hub/.index.json"), "{}")?;
-        std::fs::write(dir.join("simulation.yaml"), "simulation: false\n")?;
-        std::fs::write(
-            dir.join("profiles.yaml"),
-            "name: default_ip_remediation\nfilters:\n - Alert.Remediation == true && Alert.GetScope() == \"Ip\"\ndecisions:\n - type: ban\n   duration: 4h\non_success: break\n",
-        )?;
-        std::fs::write(
-            dir.join("config.yaml"),
-            format!(
-                "common:\n  daemonize: false\n  log_media: stdout\n  log_level: warning\n\
-                 config_paths:\n  config_dir: {d}/\n  data_dir: {d}/data/\n  simulation_path: {d}/simulation.yaml\n  hub_dir: {d}/hub/\n  index_path: {d}/hub/.index.json\n\
-                 db_config:\n  type: sqlite\n  use_wal: false\n  db_path: {d}/data/crowdsec.db\n\
-                 api:\n  client:\n    credentials_path: {d}/local_api_credentials.yaml\n  server:\n    listen_uri: 127.0.0.1:{PORT}\n    profiles_path: {d}/profiles.yaml\n    trusted_ips: [127.0.0.1]\n\
-                 prometheus:\n  enabled: false\n"
-            ),
-        )?;
-        let mut lapi = Self {
-            netns: lab.srv.name.clone(),
-            dir,
-            child: None,
-        };
-        lapi.cscli_ok(
-            &["machines", "add", "-a", "--force", "-f"],
-            Some("local_api_credentials.yaml"),
-        )?;
-        lapi.cscli_ok(&["bouncers", "add", "rampart", "-k", KEY], None)?;
-        std::fs::write(lapi.dir.join("bouncer.key"), format!("{KEY}\n"))?;
-        lapi.run()?;
-        Ok(lapi)
-    }
-
-    fn run(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.dir.join("lapi.log"))?;
-        self.child = Some(
-            self.command("crowdsec")
-                .arg("-c")
-                .arg(self.dir.join("config.yaml"))
-                .arg("-no-cs")
-                .stdout(Stdio::from(log.try_clone()?))
-                .stderr(Stdio::from(log))
-                .spawn()?,
-        );
-        let url = format!("http://127.0.0.1:{PORT}/v1/decisions/stream?startup=true");
-        let up = eventually(20, || {
-            self.command("curl")
-                .args([
-                    "-sf",
-                    "-o",
-                    "/dev/null",
-                    "-H",
-                    &format!("X-Api-Key: {KEY}"),
-                    &url,
-                ])
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        anyhow::ensure!(
-            up,
-            "the CrowdSec local API did not come up:\n{}",
-            std::fs::read_to_string(self.dir.join("lapi.log")).unwrap_or_default()
-        );
-        Ok(())
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.netns, program]);
-        c
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn cscli(&self, args: &[&str], file_arg: Option<&str>) -> Output {
-        let mut c = self.command("cscli");
-        c.arg("-c").arg(self.dir.join("config.yaml")).args(args);
-        if let Some(f) = file_arg {
-            c.arg(self.dir.join(f));
-        }
-        c.output().expect("run cscli")
-    }
-
-    fn cscli_ok(&self, args: &[&str], file_arg: Option<&str>) -> anyhow::Result<()> {
-        let o = self.cscli(args, file_arg);
-        anyhow::ensure!(
-            o.status.success(),
-            "cscli {args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        Ok(())
-    }
-}
-
-impl Drop for Lapi {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn listed(lab: &Lab, ip: &str) -> Option<serde_json::Value> {
     lab.cli_json(&["block", "list", "--match", ip])
@@ -219,6 +96,13 @@ fn the_data_plane_follows_crowdsec_decisions() -> anyhow::Result<()> {
     assert!(listed(&lab, &server).is_none());
     assert!(listed(&lab, "192.0.2.9").is_none());
     assert!(bouncer(&lab)["ignored_total"].as_u64().unwrap_or(0) >= 1);
+
+    // --share without sharing configured: refused, nothing added.
+    let out = lab.cli(&["block", "add", "192.0.2.99", "--share"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("share = true"), "{err}");
+    assert!(listed(&lab, "192.0.2.99").is_none());
 
     // Deleted in CrowdSec: lifted here.
     lapi.cscli_ok(&["decisions", "delete", "-i", &blocked], None)?;

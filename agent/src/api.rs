@@ -13,6 +13,9 @@ pub struct AddRequest {
     /// Allow an allowlist entry broader than `[guards]` permits.
     #[serde(default)]
     pub force: bool,
+    /// Blocklist: share the block through the CrowdSec local API.
+    #[serde(default)]
+    pub share: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -215,6 +218,36 @@ pub struct CrowdsecStatus {
     pub skipped_protected_total: u64,
     /// Decisions of other types or scopes, or unreadable ones.
     pub ignored_total: u64,
+    /// Decisions other Rampart nodes shared (applied or not).
+    #[serde(default)]
+    pub from_nodes_total: u64,
+    /// This node's own shared decisions, seen in the stream and left alone.
+    #[serde(default)]
+    pub own_skipped_total: u64,
+    /// What this node shares, while `share = true`.
+    #[serde(default)]
+    pub share: Option<ShareStatus>,
+}
+
+/// The pusher's state: what this node reports to the local API.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShareStatus {
+    pub enabled: bool,
+    pub url: String,
+    /// The node name in the scenarios pushed (`rampart/<node>/<policy>`).
+    pub node: String,
+    /// Decisions waiting for the LAPI.
+    pub queued: u64,
+    /// Decisions pushed out of a full queue, never sent.
+    pub overflowed_total: u64,
+    /// Decisions the LAPI took.
+    pub pushed_total: u64,
+    /// HTTP requests made to the LAPI (logins included).
+    pub requests_total: u64,
+    pub pushes_ok: u64,
+    pub pushes_failed: u64,
+    pub last_success: u64,
+    pub last_error: Option<String>,
 }
 
 /// One feed's state, for `rampart feeds list`, `status` and metrics.

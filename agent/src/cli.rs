@@ -139,6 +139,11 @@ pub enum ListCmd {
         /// Allowlist: accept entries broader than [guards] permits (audited).
         #[arg(long)]
         force: bool,
+        /// Blocklist: also report the block to the CrowdSec local API, so
+        /// every node enforces it (`[crowdsec] share = true`); `del` lifts it
+        /// everywhere.
+        #[arg(long)]
+        share: bool,
     },
     /// Remove entries added at runtime.
     Del {
@@ -313,12 +318,14 @@ async fn list_cmd(c: &Client, out: Output, list: &str, cmd: ListCmd) -> Result<(
             ttl,
             reason,
             force,
+            share,
         } => {
             let req = AddRequest {
                 prefixes,
                 ttl_secs: ttl.map(|d| d.as_secs()),
                 reason,
                 force,
+                share,
             };
             let r: Changed = c
                 .post(&format!("/v1/lists/{list}/add"), &req)
@@ -400,6 +407,7 @@ async fn list_cmd(c: &Client, out: Output, list: &str, cmd: ListCmd) -> Result<(
                 ttl_secs: ttl.map(|d| d.as_secs()),
                 reason,
                 force,
+                share: false,
             };
             let r: Changed = c
                 .post(&format!("/v1/lists/{list}/import"), &req)
@@ -547,6 +555,16 @@ fn feeds_table(feeds: &[FeedStatus], crowdsec: Option<&CrowdsecStatus>) -> Strin
             ago(c.last_success),
             c.last_error.clone().unwrap_or_default(),
         ]);
+        if let Some(sh) = c.share.as_ref().filter(|s| s.enabled) {
+            rows.push(vec![
+                format!("crowdsec share ({})", sh.node),
+                "push".into(),
+                format!("{} queued", sh.queued),
+                format!("{} overflowed", sh.overflowed_total),
+                ago(sh.last_success),
+                sh.last_error.clone().unwrap_or_default(),
+            ]);
+        }
     }
     table(
         &[

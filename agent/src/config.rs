@@ -765,6 +765,51 @@ pub struct CrowdsecSection {
     /// Decision types enforced as blocks; others (e.g. captcha) are ignored.
     #[serde(default = "default_types")]
     pub types: Vec<String>,
+    /// Report this node's bans (and `block add --share`) to the LAPI.
+    #[serde(default)]
+    pub share: bool,
+    /// The machine registered with `cscli machines add` (sharing only).
+    #[serde(default)]
+    pub machine_id: Option<String>,
+    /// A file holding that machine's password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// This node's name in the scenarios it pushes (default: the host
+    /// name); decisions under its own name are not pulled back.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// At most one push this often.
+    #[serde(default = "default_push_interval", with = "humantime_serde")]
+    pub push_interval: Duration,
+    /// Decisions in one push at most.
+    #[serde(default = "default_push_batch")]
+    pub push_batch: usize,
+    /// Decisions waiting for the LAPI at most; past it the oldest go, counted.
+    #[serde(default = "default_queue_max")]
+    pub queue_max: usize,
+    /// How long a shared block without a TTL lasts upstream.
+    #[serde(default = "default_share_block_duration", with = "humantime_serde")]
+    pub share_block_duration: Duration,
+}
+
+fn default_push_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_push_batch() -> usize {
+    1000
+}
+fn default_queue_max() -> usize {
+    50_000
+}
+fn default_share_block_duration() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+/// A node name fits a scenario: no '/', no spaces, short.
+pub fn valid_node_name(n: &str) -> bool {
+    (1..=63).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 fn default_url() -> String {
@@ -801,6 +846,60 @@ impl CrowdsecSection {
         }
         if self.types.is_empty() {
             return Err("types must name at least one decision type (e.g. [\"ban\"])".into());
+        }
+        self.validate_sharing()
+    }
+
+    fn validate_sharing(&self) -> Result<(), String> {
+        if let Some(node) = &self.node
+            && !valid_node_name(node)
+        {
+            return Err(format!(
+                "node '{node}' must be 1 to 63 letters, digits, '.', '-' or '_'"
+            ));
+        }
+        if !self.share {
+            return Ok(());
+        }
+        let Some(machine) = self.machine_id.as_deref().filter(|m| !m.is_empty()) else {
+            return Err(
+                "share = true needs machine_id (a machine from `cscli machines add`)".into(),
+            );
+        };
+        if machine.len() > 128 || machine.chars().any(char::is_control) {
+            return Err("machine_id must be at most 128 printable characters".into());
+        }
+        match &self.password_file {
+            Some(f) if f.is_absolute() => {}
+            Some(f) => {
+                return Err(format!(
+                    "password_file '{}' must be an absolute path",
+                    f.display()
+                ));
+            }
+            None => return Err("share = true needs password_file (the machine's password)".into()),
+        }
+        if self.push_interval < Duration::from_millis(100)
+            || self.push_interval > Duration::from_secs(60)
+        {
+            return Err("push_interval must be between 100ms and 1m".into());
+        }
+        if !(1..=10_000).contains(&self.push_batch) {
+            return Err(format!(
+                "push_batch {} must be between 1 and 10000",
+                self.push_batch
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.queue_max) {
+            return Err(format!(
+                "queue_max {} must be between 1 and 1000000",
+                self.queue_max
+            ));
+        }
+        if self.share_block_duration < Duration::from_secs(1)
+            || self.share_block_duration > Duration::from_secs(10 * 365 * 86_400)
+        {
+            return Err("share_block_duration must be between 1s and 10 years".into());
         }
         Ok(())
     }

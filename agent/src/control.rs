@@ -308,17 +308,33 @@ async fn list_add(
     };
     let args = serde_json::json!({"list": list, "count": req.prefixes.len(),
         "prefixes": req.prefixes.iter().take(100).map(ToString::to_string).collect::<Vec<_>>(),
-        "ttl_secs": req.ttl_secs, "reason": req.reason, "force": req.force});
+        "ttl_secs": req.ttl_secs, "reason": req.reason, "force": req.force, "share": req.share});
     let changed = req.prefixes.len();
+    if req.share {
+        let problem = if kind != List::Block {
+            Some("share applies to the blocklist only".to_string())
+        } else if !lock(&s.core)
+            .cfg
+            .config
+            .crowdsec
+            .as_ref()
+            .is_some_and(|c| c.share)
+        {
+            Some("--share needs [crowdsec] share = true in the config, with machine_id and password_file".to_string())
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            let resp = error(StatusCode::BAD_REQUEST, &p);
+            return audited(&s, &peer, &format!("{list}.add"), args, resp);
+        }
+    }
     let r = blocking(&s, move |shared| {
-        let r = lock(&shared.core).add(
-            kind,
-            &req.prefixes,
-            req.ttl_secs.map(Duration::from_secs),
-            req.reason,
-            "cli",
-            req.force,
-        );
+        let ttl = req.ttl_secs.map(Duration::from_secs);
+        let r = lock(&shared.core).add(kind, &req.prefixes, ttl, req.reason, "cli", req.force);
+        if r.is_ok() && req.share {
+            crate::crowdsec_push::share_blocks(shared, &req.prefixes, ttl);
+        }
         drop(req.prefixes);
         if changed >= BULK_CHANGE {
             release_freed_memory();
@@ -362,7 +378,11 @@ async fn list_del(
     };
     let args = serde_json::json!({"list": list, "prefixes": req.prefixes.iter().map(ToString::to_string).collect::<Vec<_>>()});
     let r = blocking(&s, move |shared| {
-        lock(&shared.core).remove(kind, &req.prefixes)
+        let n = lock(&shared.core).remove(kind, &req.prefixes)?;
+        if kind == List::Block {
+            crate::crowdsec_push::unshare_blocks(shared, &req.prefixes);
+        }
+        Ok(n)
     })
     .await;
     let resp = match r {
@@ -510,7 +530,7 @@ async fn feeds_list(State(s): Shr) -> Response {
         .collect();
     Json(api::FeedsView {
         feeds,
-        crowdsec: lock(&s.crowdsec.status).clone(),
+        crowdsec: crate::crowdsec_push::bouncer_view(&s),
     })
     .into_response()
 }
@@ -603,7 +623,7 @@ async fn metrics(State(s): Shr) -> Response {
         .scrape(move || {
             let slots = lock(&shared.slots).clone();
             let ifaces = lock(&shared.ifaces).clone();
-            let crowdsec = lock(&shared.crowdsec.status).clone();
+            let crowdsec = crate::crowdsec_push::bouncer_view(&shared);
             shared
                 .metrics
                 .set_sources(&shared.feeds.statuses(), crowdsec.as_ref());

@@ -226,19 +226,63 @@ async fn poll(shared: &Arc<Shared>, cfg: &CrowdsecSection, startup: bool) -> Res
         .map_err(|e| format!("the decision stream is not the expected JSON: {e}"))?;
     let shared2 = shared.clone();
     let types: HashSet<String> = cfg.types.iter().map(|t| t.to_ascii_lowercase()).collect();
-    tokio::task::spawn_blocking(move || apply(&shared2, stream, &types, startup))
+    let me = crate::crowdsec_push::node_name(cfg);
+    tokio::task::spawn_blocking(move || apply(&shared2, stream, &types, &me, startup))
         .await
         .map_err(|_| "applying decisions failed".to_string())?
+}
+
+/// Whose decision it is: another Rampart node's, this node's own (shared
+/// by it, and already enforced here), or anyone else's.
+#[derive(PartialEq, Eq)]
+enum Author {
+    OtherNode,
+    Me,
+    Other,
+}
+
+fn author(d: &Decision, me: &str) -> Author {
+    match crate::share_queue::node_of(&d.scenario) {
+        Some(n) if n == me => Author::Me,
+        Some(_) => Author::OtherNode,
+        None => Author::Other,
+    }
 }
 
 fn apply(
     shared: &Shared,
     stream: Stream,
     types: &HashSet<String>,
+    me: &str,
     startup: bool,
 ) -> Result<(), String> {
     let mut ignored = 0u64;
     let mut skipped = 0u64;
+    let (mut from_nodes, mut own) = (0u64, 0u64);
+    // This node's own decisions are never imported: they would come back
+    // as duplicates of what it enforces already, and be pushed again.
+    let stream = Stream {
+        new: stream.new.map(|v| {
+            v.into_iter()
+                .filter(|d| match author(d, me) {
+                    Author::Me => {
+                        own += 1;
+                        false
+                    }
+                    Author::OtherNode => {
+                        from_nodes += 1;
+                        true
+                    }
+                    Author::Other => true,
+                })
+                .collect()
+        }),
+        deleted: stream.deleted.map(|v| {
+            v.into_iter()
+                .filter(|d| author(d, me) != Author::Me)
+                .collect()
+        }),
+    };
     let deleted: Vec<(Prefix, Option<i64>)> = stream
         .deleted
         .unwrap_or_default()
@@ -314,6 +358,8 @@ fn apply(
     st.deleted_total += removed as u64;
     st.skipped_protected_total += skipped;
     st.ignored_total += ignored;
+    st.from_nodes_total += from_nodes;
+    st.own_skipped_total += own;
     Ok(())
 }
 

@@ -186,6 +186,29 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
         "data plane loaded"
     );
     let config_hash = hash_of(&core.cfg.source);
+    let share = crate::shared::Sharing::default();
+    {
+        let max = core
+            .cfg
+            .config
+            .crowdsec
+            .as_ref()
+            .map_or(50_000, |c| c.queue_max);
+        let (queue, problem) = crate::share_queue::ShareQueue::load(
+            &state_dir.join(crate::crowdsec_push::QUEUE_FILE),
+            max,
+        );
+        if let Some(p) = problem {
+            tracing::error!("{p}");
+        }
+        if !queue.is_empty() {
+            tracing::info!(
+                queued = queue.len(),
+                "decisions from before the restart wait for the local API"
+            );
+        }
+        *lock(&share.queue) = queue;
+    }
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
         ifaces: Mutex::new(Vec::new()),
@@ -200,6 +223,7 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
         config_hash: Mutex::new(config_hash),
         feeds,
         crowdsec: crate::crowdsec::Bouncer::default(),
+        share,
         saving: Mutex::new(()),
         save_soon: tokio::sync::Notify::new(),
         health: crate::shared::Health::new(clock::mono_ns()),
@@ -219,6 +243,7 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
     tokio::spawn(saver(shared.clone()));
     tokio::spawn(crate::feeds::run(shared.clone()));
     tokio::spawn(crate::crowdsec::run(shared.clone()));
+    tokio::spawn(crate::crowdsec_push::run(shared.clone()));
     if let Some(rb) = events {
         tokio::spawn(read_events(shared.clone(), rb));
     }
@@ -447,6 +472,8 @@ async fn read_events(shared: Arc<Shared>, rb: aya::maps::RingBuf<aya::maps::MapD
                 event_kind::DROP_SAMPLE => lock(&shared.top).record(src, ev.reason),
                 event_kind::BAN => {
                     lock(&shared.core).dirty = true;
+                    let prefix = crate::prefix::Prefix::new_masked(src, ev.prefix_len);
+                    crate::crowdsec_push::offer_ban(&shared, prefix, ev.ban_expires_ns, ev.policy);
                     let now = clock::mono_ns();
                     if now - window > 1_000_000_000 {
                         window = now;

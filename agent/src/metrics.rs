@@ -42,6 +42,12 @@ pub struct Metrics {
     crowdsec_last_success: IntGauge,
     crowdsec_polls: IntCounterVec,
     crowdsec_decisions: IntCounterVec,
+    crowdsec_received: IntCounterVec,
+    share_pushes: IntCounterVec,
+    share_requests: IntCounter,
+    share_decisions: IntCounter,
+    share_queue: IntGauge,
+    share_overflowed: IntCounter,
     syn_cookies_available: IntGauge,
     syn_cookies_engaged: IntGaugeVec,
     cookies_valid: IntCounter,
@@ -276,6 +282,38 @@ impl Metrics {
                 "CrowdSec decisions by what was done with them (added, deleted, skipped_protected, ignored).",
                 &["outcome"],
             ),
+            crowdsec_received: counter_vec(
+                &r,
+                "rampart_crowdsec_shared_received_total",
+                "Decisions shared by Rampart nodes seen in the stream: from other nodes (applied as blocks) or this node's own (left alone).",
+                &["from"],
+            ),
+            share_pushes: counter_vec(
+                &r,
+                "rampart_crowdsec_share_pushes_total",
+                "Pushes of this node's decisions to the CrowdSec local API, by result (a failed push stays queued).",
+                &["result"],
+            ),
+            share_requests: counter(
+                &r,
+                "rampart_crowdsec_share_requests_total",
+                "HTTP requests made to the local API for sharing, logins included.",
+            ),
+            share_decisions: counter(
+                &r,
+                "rampart_crowdsec_share_decisions_total",
+                "Decisions the local API took from this node.",
+            ),
+            share_queue: gauge(
+                &r,
+                "rampart_crowdsec_share_queue_length",
+                "Decisions waiting for the local API.",
+            ),
+            share_overflowed: counter(
+                &r,
+                "rampart_crowdsec_share_overflowed_total",
+                "Decisions pushed out of a full share queue, never sent.",
+            ),
             syn_cookies_available: gauge(
                 &r,
                 "rampart_syn_cookies_available",
@@ -397,6 +435,28 @@ impl Metrics {
                 ("ignored", c.ignored_total),
             ] {
                 mirror(&self.crowdsec_decisions.with_label_values(&[outcome]), n);
+            }
+            mirror(
+                &self.crowdsec_received.with_label_values(&["other_node"]),
+                c.from_nodes_total,
+            );
+            mirror(
+                &self.crowdsec_received.with_label_values(&["self"]),
+                c.own_skipped_total,
+            );
+            if let Some(sh) = &c.share {
+                mirror(
+                    &self.share_pushes.with_label_values(&["success"]),
+                    sh.pushes_ok,
+                );
+                mirror(
+                    &self.share_pushes.with_label_values(&["failure"]),
+                    sh.pushes_failed,
+                );
+                mirror(&self.share_requests, sh.requests_total);
+                mirror(&self.share_decisions, sh.pushed_total);
+                mirror(&self.share_overflowed, sh.overflowed_total);
+                self.share_queue.set(sh.queued as i64);
             }
         }
     }

@@ -38,6 +38,7 @@ pub struct Shared {
     pub(crate) config_hash: Mutex<u64>,
     pub feeds: Feeds,
     pub crowdsec: Bouncer,
+    pub share: Sharing,
     /// Held for a whole save: one writer of the state file at a time.
     pub(crate) saving: Mutex<()>,
     /// Wakes the saver after a change, so it reaches the state file at once.
@@ -120,6 +121,16 @@ impl Default for Bouncer {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// What this node shares with the local API (its loop is in
+/// `crowdsec_push.rs`).
+#[derive(Default)]
+pub struct Sharing {
+    pub(crate) queue: Mutex<crate::share_queue::ShareQueue>,
+    pub status: Mutex<crate::api::ShareStatus>,
+    /// New work for the pusher.
+    pub wake: tokio::sync::Notify,
 }
 
 /// Changes at least this large hand their freed memory back afterwards.

@@ -668,14 +668,18 @@ impl Core {
                 prefix: p,
                 expires: clock::unix_of_mono(b.expires_ns),
                 offences: b.offences,
-                policy: self
-                    .policy_names
-                    .get(b.policy as usize)
-                    .cloned()
-                    .unwrap_or_else(|| format!("#{}", b.policy)),
+                policy: self.policy_name(b.policy as usize),
                 active: b.expires_ns > now,
             })
             .collect())
+    }
+
+    /// A policy's name by its index in the program's array.
+    pub fn policy_name(&self, index: usize) -> String {
+        self.policy_names
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| format!("#{index}"))
     }
 
     /// Lifts bans (the offence history goes with them).

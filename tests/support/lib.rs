@@ -3,5 +3,6 @@
 pub mod frames;
 pub mod harness;
 pub mod lab;
+pub mod lapi;
 pub mod netns;
 pub mod traffic;
