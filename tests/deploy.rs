@@ -27,9 +27,13 @@ fn run(cmd: &mut Command) -> (bool, String) {
 }
 
 fn rendered() -> Vec<Value> {
+    rendered_from("deploy/kubernetes")
+}
+
+fn rendered_from(dir: &str) -> Vec<Value> {
     let (ok, out) = run(Command::new("kubectl")
         .args(["kustomize"])
-        .arg(repo().join("deploy/kubernetes")));
+        .arg(repo().join(dir)));
     assert!(ok, "kubectl kustomize: {out}");
     serde_yaml::Deserializer::from_str(&out)
         .map(|d| Value::deserialize(d).expect("yaml"))
@@ -57,6 +61,15 @@ fn manifests_validate_against_kubernetes_schemas_and_yamllint() {
         .arg(&file));
     assert!(ok, "kubernetes-validate: {out}");
     assert_eq!(out.matches("passed").count(), 4, "{out}");
+    let (ok, example) = run(Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(repo().join("deploy/kubernetes/examples/crowdsec-cluster")));
+    assert!(ok, "{example}");
+    std::fs::write(&file, example).expect("write rendering");
+    let (ok, out) = run(Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.32"])
+        .arg(&file));
+    assert!(ok, "kubernetes-validate (crowdsec-cluster example): {out}");
     let (ok, out) = run(Command::new("python3")
         .args(["-m", "yamllint", "-c"])
         .arg(repo().join(".yamllint"))
@@ -158,18 +171,57 @@ fn the_daemonset_is_least_privilege_and_wired_as_documented() {
     assert_eq!(ann["prometheus.io/port"], "9717");
 }
 
-#[test]
-fn the_configmap_is_a_config_the_agent_accepts() {
-    let docs = rendered();
-    let toml = kind(&docs, "ConfigMap")["data"]["rampart.toml"]
+/// The agent's verdict on the config a rendering carries.
+fn check_configmap(docs: &[Value], name: &str) -> (bool, String) {
+    let toml = kind(docs, "ConfigMap")["data"]["rampart.toml"]
         .as_str()
         .expect("rampart.toml")
         .to_string();
-    let file = std::env::temp_dir().join("rampart-configmap.toml");
+    let file = std::env::temp_dir().join(format!("rampart-{name}.toml"));
     std::fs::write(&file, toml).expect("write config");
-    let (ok, out) = run(Command::new(rampart_bin())
+    run(Command::new(rampart_bin())
         .args(["agent", "--check-config"])
-        .arg(&file));
+        .arg(&file))
+}
+
+#[test]
+fn the_crowdsec_cluster_example_shares_bans_with_the_secret_mounted_read_only() {
+    let docs = rendered_from("deploy/kubernetes/examples/crowdsec-cluster");
+    let (ok, out) = check_configmap(&docs, "crowdsec-cluster");
+    assert!(ok, "{out}");
+    let toml = kind(&docs, "ConfigMap")["data"]["rampart.toml"]
+        .as_str()
+        .unwrap_or("");
+    assert!(toml.contains("share = true"), "{toml}");
+    let pod = &kind(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let secret = pod["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == "crowdsec")
+        .expect("a crowdsec volume");
+    assert_eq!(secret["secret"]["secretName"], "rampart-crowdsec");
+    assert_eq!(secret["secret"]["defaultMode"].as_u64(), Some(0o400));
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == "crowdsec")
+        .expect("the secret mounted");
+    assert_eq!(mount["readOnly"], true);
+    assert!(toml.contains(mount["mountPath"].as_str().unwrap_or("?")));
+    // The default rendering has none of it.
+    assert!(
+        !kind(&rendered(), "ConfigMap")["data"]["rampart.toml"]
+            .as_str()
+            .unwrap_or("")
+            .contains("[crowdsec]")
+    );
+}
+
+#[test]
+fn the_configmap_is_a_config_the_agent_accepts() {
+    let (ok, out) = check_configmap(&rendered(), "configmap");
     assert!(ok, "{out}");
 }
 

@@ -19,10 +19,73 @@ const RELEASE: &str = "rampart";
 const NAMESPACE: &str = "rampart";
 const HEADER: &str = "# Rendered from deploy/helm/rampart with its default values by\n# `cargo xtask manifests`; edit the chart, not this file.\n";
 
+/// Renders the defaults into deploy/kubernetes, and each values file in
+/// the chart's `examples/` over the defaults into deploy/kubernetes/examples/<name>.
 pub(crate) fn run(check: bool) -> anyhow::Result<()> {
     let chart = root().join("deploy/helm/rampart");
-    let out_dir = root().join("deploy/kubernetes");
     let values: Value = serde_yaml::from_str(&fs::read_to_string(chart.join("values.yaml"))?)?;
+    render_set(
+        &chart,
+        &values,
+        &root().join("deploy/kubernetes"),
+        "its default values",
+        check,
+    )?;
+    let mut examples: Vec<_> = fs::read_dir(chart.join("examples"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    examples.sort();
+    for ex in examples {
+        let name = ex
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let overlay: Value = serde_yaml::from_str(&fs::read_to_string(&ex)?)
+            .with_context(|| format!("reading {}", ex.display()))?;
+        let mut merged = values.clone();
+        merge(&mut merged, overlay);
+        let out = root().join("deploy/kubernetes/examples").join(&name);
+        render_set(
+            &chart,
+            &merged,
+            &out,
+            &format!("examples/{name}.yaml"),
+            check,
+        )?;
+    }
+    Ok(())
+}
+
+/// Helm's values merge: maps merge key by key, anything else replaces.
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Mapping(b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn render_set(
+    chart: &Path,
+    values: &Value,
+    out_dir: &Path,
+    from: &str,
+    check: bool,
+) -> anyhow::Result<()> {
+    let header = HEADER.replace("its default values", from);
     let mut names: Vec<String> = fs::read_dir(chart.join("templates"))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -31,17 +94,17 @@ pub(crate) fn run(check: bool) -> anyhow::Result<()> {
     names.sort();
     let mut files = vec![(
         "namespace.yaml".to_string(),
-        format!("{HEADER}apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n"),
+        format!("{header}apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n"),
     )];
     for n in &names {
-        let text = render_file(&chart, n, &values)?;
+        let text = render_file(chart, n, values)?;
         if text.trim().is_empty() {
             continue;
         }
-        files.push((n.clone(), format!("{HEADER}{}\n", text.trim())));
+        files.push((n.clone(), format!("{header}{}\n", text.trim())));
     }
     let mut kustomization = format!(
-        "{HEADER}apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n"
+        "{header}apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n"
     );
     for (n, _) in &files {
         kustomization.push_str(&format!("  - {n}\n"));
@@ -55,13 +118,14 @@ pub(crate) fn run(check: bool) -> anyhow::Result<()> {
                 stale.push(n.clone());
             }
         } else {
-            fs::create_dir_all(&out_dir)?;
+            fs::create_dir_all(out_dir)?;
             fs::write(&path, text)?;
         }
     }
     if !stale.is_empty() {
         bail!(
-            "deploy/kubernetes is out of date with the chart ({}); run `cargo xtask manifests`",
+            "{} is out of date with the chart ({}); run `cargo xtask manifests`",
+            out_dir.strip_prefix(root()).unwrap_or(out_dir).display(),
             stale.join(", ")
         );
     }
