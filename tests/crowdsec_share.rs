@@ -417,3 +417,122 @@ fn ten_thousand_bans_in_a_minute_take_a_bounded_number_of_lapi_requests() -> any
     assert_eq!(st["share"]["overflowed_total"], 0, "{st}");
     Ok(())
 }
+
+/// A stand-in local API at 0.0.0.0:`port` in the lab's server namespace
+/// whose answers follow the word in `<dir>/mode`: `login-html`,
+/// `login-401`, `alerts-500`, `alerts-object`, `alerts-huge`, or anything
+/// else for well-formed answers (each accepted alert adds a line to
+/// `<dir>/accepted`).
+fn hostile_lapi(lab: &Lab, port: u16, dir: &Path) -> anyhow::Result<Child> {
+    let script = format!(
+        r#"
+import http.server, json, os
+D = {dir:?}
+def mode():
+    try: return open(os.path.join(D, "mode")).read().strip()
+    except OSError: return ""
+class H(http.server.BaseHTTPRequestHandler):
+    def reply(self, code, body):
+        self.send_response(code); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def do_GET(self):
+        self.reply(200, b'{{"new": null, "deleted": null}}')
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0")); body = self.rfile.read(n)
+        m = mode()
+        if self.path.startswith("/v1/watchers/login"):
+            if m == "login-html": return self.reply(200, b"<html>502 Bad Gateway</html>")
+            if m == "login-401": return self.reply(401, b'{{"message":"ent: machine not found"}}')
+            return self.reply(200, b'{{"code":200,"expire":"2099-01-01T00:00:00Z","token":"t0k3n"}}')
+        if m == "alerts-500": return self.reply(500, b'{{"message":"database is locked"}}')
+        if m == "alerts-object": return self.reply(201, b'{{"message":"unexpected"}}')
+        if m == "alerts-huge": return self.reply(201, b"[" + b" " * (2 << 20) + b"]")
+        open(os.path.join(D, "accepted"), "a").write(json.dumps(json.loads(body)) + "\n")
+        self.reply(201, b'["1"]')
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("0.0.0.0", {port}), H).serve_forever()
+"#,
+        dir = dir.display().to_string()
+    );
+    Ok(lab
+        .srv
+        .command("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+#[test]
+fn hostile_or_malformed_lapi_answers_are_clear_errors_and_lose_nothing() -> anyhow::Result<()> {
+    let mut lab = Lab::new("nh", 123, "")?;
+    let dir = lab.dir.join("hostile-lapi");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("mode"), "login-html")?;
+    std::fs::write(dir.join("key"), "some-bouncer-key\n")?;
+    std::fs::write(dir.join("password"), "some-password\n")?;
+    let port = 18123;
+    let mut server = hostile_lapi(&lab, port, &dir)?;
+    let up = eventually(10, || {
+        lab.srv
+            .command("curl")
+            .args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                &format!("http://127.0.0.1:{port}/v1/decisions/stream"),
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    anyhow::ensure!(up, "the stand-in local API did not start");
+    lab.write_config(&format!(
+        "[crowdsec]\nurl = \"http://127.0.0.1:{port}\"\napi_key_file = \"{d}/key\"\npoll = \"1s\"\nshare = true\nnode = \"node-h\"\nmachine_id = \"node-h\"\npassword_file = \"{d}/password\"\npush_interval = \"200ms\"\n",
+        d = dir.display()
+    ))?;
+    lab.start()?;
+    lab.cli_ok(&["block", "add", "192.0.2.5", "--share", "--ttl", "1h"])?;
+    let error_now = || {
+        share_status(&lab)["share"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    for (mode, says) in [
+        ("login-html", "the login answer is not JSON"),
+        ("login-401", "refused the login of machine 'node-h'"),
+        ("alerts-500", "answered 500 Internal Server Error"),
+        ("alerts-object", "did not answer with alert ids"),
+        ("alerts-huge", "more than 1048576 bytes"),
+    ] {
+        std::fs::write(dir.join("mode"), mode)?;
+        assert!(
+            eventually(40, || error_now().contains(says)),
+            "{mode}: the error reads {:?}",
+            error_now()
+        );
+        let st = share_status(&lab);
+        assert_eq!(
+            st["share"]["queued"], 1,
+            "{mode}: the decision stays queued: {st}"
+        );
+        assert!(lab.cli_ok(&["status"]).is_ok(), "{mode}: the agent answers");
+        assert!(
+            block_row(&lab, "192.0.2.5").is_some(),
+            "{mode}: the block stays"
+        );
+    }
+    std::fs::write(dir.join("mode"), "ok")?;
+    assert!(
+        eventually(40, || share_status(&lab)["share"]["queued"] == 0),
+        "{}",
+        share_status(&lab)
+    );
+    assert!(share_status(&lab)["share"]["last_error"].is_null());
+    let accepted = std::fs::read_to_string(dir.join("accepted"))?;
+    assert_eq!(accepted.lines().count(), 1, "{accepted}");
+    assert!(accepted.contains("\"value\": \"192.0.2.5\""), "{accepted}");
+    assert!(!lab.log().contains("panicked"), "{}", lab.log());
+    let _ = server.kill();
+    let _ = server.wait();
+    Ok(())
+}

@@ -119,7 +119,7 @@ fn alert_rules_pass_promtool() {
         None,
     );
     assert!(ok, "{out}");
-    assert!(out.contains("12 rules found"), "{out}");
+    assert!(out.contains("14 rules found"), "{out}");
 }
 
 #[test]

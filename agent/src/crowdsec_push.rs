@@ -34,7 +34,8 @@ const MAX_REQUESTS_PER_PUSH: usize = 8;
 const MAX_ANSWER_BYTES: u64 = 1 << 20;
 /// A login is reused this long (CrowdSec's tokens last an hour).
 const TOKEN_REUSE: Duration = Duration::from_secs(30 * 60);
-/// The longest wait between retries while the LAPI fails.
+/// The longest wait between retries while the LAPI fails (or 50 push
+/// intervals, if shorter).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often the ban tables are scanned for bans not yet offered.
 const SCAN_EVERY: Duration = Duration::from_secs(5);
@@ -260,7 +261,7 @@ pub async fn run(shared: Arc<Shared>) {
             backoff = if result.is_ok() {
                 Duration::ZERO
             } else {
-                (backoff * 2).clamp(cfg.push_interval, MAX_BACKOFF)
+                (backoff * 2).clamp(cfg.push_interval, MAX_BACKOFF.min(cfg.push_interval * 50))
             };
             next_push = Instant::now() + cfg.push_interval.max(backoff);
         }
