@@ -765,6 +765,11 @@ pub struct CrowdsecSection {
     /// Decision types enforced as blocks; others (e.g. captcha) are ignored.
     #[serde(default = "default_types")]
     pub types: Vec<String>,
+    /// Fetch the whole decision set at every poll, not what changed: for
+    /// nodes that share one bouncer key (the stream tracks each key's last
+    /// pull, so on a shared key each node would miss what another pulled).
+    #[serde(default)]
+    pub full_sync: bool,
     /// Report this node's bans (and `block add --share`) to the LAPI.
     #[serde(default)]
     pub share: bool,

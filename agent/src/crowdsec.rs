@@ -170,7 +170,9 @@ pub async fn run(shared: Arc<Shared>) {
             }
         }
         shared.metrics.crowdsec_polled(result.is_ok());
-        startup = result.is_err();
+        // The stream remembers per key what was pulled: nodes that share a
+        // key ask for the whole set each time (`full_sync`).
+        startup = result.is_err() || cfg.full_sync;
         tokio::time::sleep(cfg.poll).await;
     }
 }
