@@ -557,3 +557,57 @@ fn hostile_or_malformed_lapi_answers_are_clear_errors_and_lose_nothing() -> anyh
     let _ = server.wait();
     Ok(())
 }
+
+#[test]
+fn a_machine_with_a_tls_client_certificate_shares_without_a_password() -> anyhow::Result<()> {
+    let mut lab = Lab::new("nc", 124, "")?;
+    let lapi = Lapi::start_tls(&lab)?;
+    let (cert, key) = lapi.client_cert(&lab, "node-c", "agent-ou")?;
+    let bouncer_key = lapi.add_bouncer("rampart-c", "rampart-c-bouncer-key-0123456789")?;
+    let ca = lapi.ca.clone().unwrap_or_default();
+    lab.write_config(&format!(
+        "[crowdsec]\nurl = \"{url}\"\napi_key_file = \"{k}\"\nca_file = \"{ca}\"\npoll = \"1s\"\nshare = true\nnode = \"node-c\"\ntls_cert_file = \"{c}\"\ntls_key_file = \"{kf}\"\n",
+        url = lapi.url(),
+        k = bouncer_key.display(),
+        ca = ca.display(),
+        c = cert.display(),
+        kf = key.display(),
+    ))?;
+    lab.start()?;
+    assert!(
+        eventually(10, || share_status(&lab)["polls_ok"].as_u64().unwrap_or(0)
+            > 0),
+        "the bouncer does not poll over HTTPS: {}",
+        share_status(&lab)
+    );
+    lab.cli_ok(&["block", "add", "192.0.2.61", "--share", "--ttl", "1h"])?;
+    assert!(
+        eventually(10, || lapi.decisions().iter().any(|d| d["value"]
+            == "192.0.2.61"
+            && d["scenario"] == "rampart/node-c/manual")),
+        "the LAPI did not take the decision: {}\n{}",
+        share_status(&lab),
+        std::fs::read_to_string(lapi.dir.join("lapi.log")).unwrap_or_default()
+    );
+    // The LAPI registered the certificate's machine by itself.
+    let machines = lapi.cscli(&["machines", "list", "-o", "json"], None);
+    let text = String::from_utf8_lossy(&machines.stdout);
+    assert!(text.contains("node-c@"), "{text}");
+    // A certificate outside agents_allowed_ou is refused, with the reason.
+    let (bad_cert, bad_key) = lapi.client_cert(&lab, "intruder", "bouncer-ou")?;
+    let cfg = std::fs::read_to_string(&lab.config)?
+        .replace(&cert.display().to_string(), &bad_cert.display().to_string())
+        .replace(&key.display().to_string(), &bad_key.display().to_string());
+    std::fs::write(&lab.config, cfg)?;
+    lab.cli_ok(&["reload"])?;
+    lab.cli_ok(&["block", "add", "192.0.2.62", "--share", "--ttl", "1h"])?;
+    assert!(
+        eventually(15, || share_status(&lab)["share"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused the login"))),
+        "{}",
+        share_status(&lab)
+    );
+    assert!(!lapi.decisions().iter().any(|d| d["value"] == "192.0.2.62"));
+    Ok(())
+}

@@ -773,6 +773,16 @@ pub struct CrowdsecSection {
     /// Report this node's bans (and `block add --share`) to the LAPI.
     #[serde(default)]
     pub share: bool,
+    /// A CA certificate (PEM) the LAPI's certificate is checked against,
+    /// besides the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Sharing: a client certificate and key (PEM) the machine logs in
+    /// with instead of a password (the LAPI's `agents_allowed_ou`).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
     /// The machine registered with `cscli machines add` (sharing only).
     #[serde(default)]
     pub machine_id: Option<String>,
@@ -863,13 +873,28 @@ impl CrowdsecSection {
                 "node '{node}' must be 1 to 63 letters, digits, '.', '-' or '_'"
             ));
         }
+        for (key, f) in [
+            ("ca_file", &self.ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ] {
+            if let Some(f) = f
+                && !f.is_absolute()
+            {
+                return Err(format!("{key} '{}' must be an absolute path", f.display()));
+            }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("tls_cert_file and tls_key_file go together".into());
+        }
         if !self.share {
             return Ok(());
         }
+        if self.tls_cert_file.is_some() {
+            return self.validate_push_limits();
+        }
         let Some(machine) = self.machine_id.as_deref().filter(|m| !m.is_empty()) else {
-            return Err(
-                "share = true needs machine_id (a machine from `cscli machines add`)".into(),
-            );
+            return Err("share = true needs machine_id and password_file (a machine from `cscli machines add`), or tls_cert_file and tls_key_file".into());
         };
         if machine.len() > 128 || machine.chars().any(char::is_control) {
             return Err("machine_id must be at most 128 printable characters".into());
@@ -884,6 +909,10 @@ impl CrowdsecSection {
             }
             None => return Err("share = true needs password_file (the machine's password)".into()),
         }
+        self.validate_push_limits()
+    }
+
+    fn validate_push_limits(&self) -> Result<(), String> {
         if self.push_interval < Duration::from_millis(100)
             || self.push_interval > Duration::from_secs(60)
         {

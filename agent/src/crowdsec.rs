@@ -200,9 +200,14 @@ async fn poll(shared: &Arc<Shared>, cfg: &CrowdsecSection, startup: bool) -> Res
         "{}/v1/decisions/stream?startup={startup}",
         cfg.url.trim_end_matches('/')
     );
-    let resp = shared
+    let client = shared
         .crowdsec
-        .client
+        .clients
+        .get(&crate::lapi_client::ClientSpec {
+            ca_file: cfg.ca_file.clone(),
+            identity: None,
+        })?;
+    let resp = client
         .get(&url)
         .header("X-Api-Key", key)
         .timeout(cfg.timeout)

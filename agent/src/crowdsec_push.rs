@@ -32,6 +32,10 @@ pub const QUEUE_FILE: &str = "crowdsec-share.json";
 const MAX_REQUESTS_PER_PUSH: usize = 8;
 /// Answers larger than this are refused.
 const MAX_ANSWER_BYTES: u64 = 1 << 20;
+/// A machine's token, when it was issued, and the credentials it was
+/// issued for (changed credentials log in again).
+type Token = (String, Instant, String);
+
 /// A login is reused this long (CrowdSec's tokens last an hour).
 const TOKEN_REUSE: Duration = Duration::from_secs(30 * 60);
 /// The longest wait between retries while the LAPI fails (or 50 push
@@ -191,7 +195,7 @@ fn scan_bans(shared: &Shared, node: &str) {
 /// wakes on new work or every second (scans, saves), and pushes at most
 /// once a `push_interval`, or once a backoff while the LAPI fails.
 pub async fn run(shared: Arc<Shared>) {
-    let mut token: Option<(String, Instant)> = None;
+    let mut token: Option<Token> = None;
     let mut last_scan: Option<Instant> = None;
     let mut last_save = Instant::now();
     let mut next_push = Instant::now();
@@ -311,12 +315,20 @@ struct Sent {
 async fn push(
     shared: &Shared,
     cfg: &CrowdsecSection,
-    token: &mut Option<(String, Instant)>,
+    token: &mut Option<Token>,
     batch: &[Queued],
 ) -> (Sent, u64, Result<(), String>) {
     let mut sent = Sent::default();
     let mut requests = 0u64;
-    let client = &shared.crowdsec.client;
+    let spec = crate::lapi_client::ClientSpec {
+        ca_file: cfg.ca_file.clone(),
+        identity: cfg.tls_cert_file.clone().zip(cfg.tls_key_file.clone()),
+    };
+    let client = match shared.share.clients.get(&spec) {
+        Ok(c) => c,
+        Err(e) => return (sent, 0, Err(e)),
+    };
+    let client = &client;
     let bearer = match login(client, cfg, token).await {
         Ok(t) => {
             requests += u64::from(t.1);
@@ -396,7 +408,7 @@ async fn flush(
 /// Marks errors that mean the token was refused.
 const REFUSED: &str = "refused the machine's token";
 
-fn forget_token_on_401(e: &str, token: &mut Option<(String, Instant)>) {
+fn forget_token_on_401(e: &str, token: &mut Option<Token>) {
     if e.contains(REFUSED) {
         *token = None;
     }
@@ -407,22 +419,35 @@ fn forget_token_on_401(e: &str, token: &mut Option<(String, Instant)>) {
 async fn login(
     client: &reqwest::Client,
     cfg: &CrowdsecSection,
-    token: &mut Option<(String, Instant)>,
+    token: &mut Option<Token>,
 ) -> Result<(String, bool), String> {
-    if let Some((t, at)) = token
+    let creds = format!(
+        "{:?} {:?} {:?} {:?}",
+        cfg.machine_id, cfg.password_file, cfg.tls_cert_file, cfg.tls_key_file
+    );
+    if let Some((t, at, for_creds)) = token
         && at.elapsed() < TOKEN_REUSE
+        && *for_creds == creds
     {
         return Ok((t.clone(), false));
     }
     let machine = cfg.machine_id.clone().unwrap_or_default();
-    let file = cfg.password_file.clone().unwrap_or_default();
-    let password = tokio::fs::read_to_string(&file)
-        .await
-        .map_err(|e| format!("cannot read password_file {}: {e}", file.display()))?;
-    let password = password.trim();
-    if password.is_empty() {
-        return Err(format!("password_file {} is empty", file.display()));
-    }
+    // With a client certificate, the LAPI names the machine after the
+    // certificate's CN; no password goes.
+    let password = match &cfg.password_file {
+        Some(file) if cfg.tls_cert_file.is_none() => {
+            let p = tokio::fs::read_to_string(file)
+                .await
+                .map_err(|e| format!("cannot read password_file {}: {e}", file.display()))?;
+            let p = p.trim().to_string();
+            if p.is_empty() {
+                return Err(format!("password_file {} is empty", file.display()));
+            }
+            p
+        }
+        _ => String::new(),
+    };
+    let password = password.as_str();
     let url = format!("{}/v1/watchers/login", cfg.url.trim_end_matches('/'));
     let resp = client
         .post(&url)
@@ -448,7 +473,7 @@ async fn login(
         ));
     }
     let t = parse_login(&body)?;
-    *token = Some((t.clone(), Instant::now()));
+    *token = Some((t.clone(), Instant::now(), creds));
     Ok((t, true))
 }
 

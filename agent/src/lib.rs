@@ -22,6 +22,7 @@ pub mod feeds;
 pub mod host;
 pub mod instance;
 pub mod kernel;
+pub mod lapi_client;
 mod list_table;
 pub mod metrics;
 pub mod persist;

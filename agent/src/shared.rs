@@ -103,7 +103,7 @@ pub struct Bouncer {
     pub status: Mutex<Option<CrowdsecStatus>>,
     /// The live decisions behind each of the bouncer's entries.
     pub(crate) book: Mutex<crate::crowdsec_book::DecisionBook>,
-    pub(crate) client: reqwest::Client,
+    pub(crate) clients: crate::lapi_client::ClientCache,
 }
 
 impl Default for Bouncer {
@@ -113,24 +113,36 @@ impl Default for Bouncer {
             book: Mutex::default(),
             // The API key goes in a header: no redirect may carry it to
             // another host, and no proxy from the environment sees it.
-            client: reqwest::Client::builder()
-                .user_agent(concat!("rampart-bouncer/", env!("CARGO_PKG_VERSION")))
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .build()
-                .unwrap_or_default(),
+            clients: crate::lapi_client::ClientCache::new(concat!(
+                "rampart-bouncer/",
+                env!("CARGO_PKG_VERSION")
+            )),
         }
     }
 }
 
 /// What this node shares with the local API (its loop is in
 /// `crowdsec_push.rs`).
-#[derive(Default)]
 pub struct Sharing {
+    pub(crate) clients: crate::lapi_client::ClientCache,
     pub(crate) queue: Mutex<crate::share_queue::ShareQueue>,
     pub status: Mutex<crate::api::ShareStatus>,
     /// New work for the pusher.
     pub wake: tokio::sync::Notify,
+}
+
+impl Default for Sharing {
+    fn default() -> Self {
+        Self {
+            clients: crate::lapi_client::ClientCache::new(concat!(
+                "rampart-share/",
+                env!("CARGO_PKG_VERSION")
+            )),
+            queue: Mutex::default(),
+            status: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 /// Changes at least this large hand their freed memory back afterwards.

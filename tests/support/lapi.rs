@@ -13,11 +13,64 @@ pub const PORT: u16 = 18104;
 /// The bouncer key registered at start.
 pub const KEY: &str = "rampart-test-bouncer-key-0123456789";
 
+fn openssl(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    anyhow::ensure!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(())
+}
+
+/// `<name>.pem` and `<name>.key` for `subject`, signed by the CA in `dir`:
+/// X.509 v3 (with `ext`), which rustls requires.
+fn sign(dir: &std::path::Path, name: &str, subject: &str, ext: &str) -> anyhow::Result<()> {
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &key, "-out", &csr,
+        ],
+    )?;
+    let mut args = vec![
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        &pem,
+    ];
+    let extfile = dir.join(format!("{name}.ext"));
+    let extpath = extfile.display().to_string();
+    std::fs::write(&extfile, format!("basicConstraints=CA:FALSE\n{ext}\n"))?;
+    args.extend(["-extfile", &extpath]);
+    openssl(dir, &args)
+}
+
 /// A CrowdSec local API (no log processing) with its own database.
 pub struct Lapi {
     /// The network namespace it listens in.
     pub netns: String,
     pub dir: PathBuf,
+    /// `http` or `https` (with [`Lapi::start_tls`]).
+    pub scheme: &'static str,
+    /// The CA of its certificate, with HTTPS.
+    pub ca: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -28,6 +81,66 @@ impl Lapi {
 
     /// A local API listening on `addr`:PORT in the lab's server namespace.
     pub fn start_on(lab: &Lab, addr: &str) -> anyhow::Result<Self> {
+        Self::start_with(lab, addr, "", "http")
+    }
+
+    /// A local API on 127.0.0.1 serving HTTPS with a certificate from a
+    /// private CA (`<dir>/tls/ca.pem`), which also signs client certificates:
+    /// a machine authenticates with one whose OU is `agent-ou`
+    /// ([`Lapi::client_cert`]).
+    pub fn start_tls(lab: &Lab) -> anyhow::Result<Self> {
+        let tls = lab.dir.join("crowdsec-tls");
+        let _ = std::fs::remove_dir_all(&tls);
+        std::fs::create_dir_all(&tls)?;
+        openssl(
+            &tls,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=rampart-test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        )?;
+        sign(
+            &tls,
+            "server",
+            "/CN=127.0.0.1",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+        )?;
+        let t = tls.display();
+        let extra = format!(
+            "    tls:\n      cert_file: {t}/server.pem\n      key_file: {t}/server.key\n      ca_cert_path: {t}/ca.pem\n      client_verification: VerifyClientCertIfGiven\n      agents_allowed_ou: [agent-ou]\n      bouncers_allowed_ou: [bouncer-ou]\n"
+        );
+        Self::start_with(lab, "127.0.0.1", &extra, "https")
+    }
+
+    /// A client certificate and key signed by the test CA, for `cn` in `ou`.
+    pub fn client_cert(&self, lab: &Lab, cn: &str, ou: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let tls = lab.dir.join("crowdsec-tls");
+        sign(
+            &tls,
+            cn,
+            &format!("/OU={ou}/CN={cn}"),
+            "extendedKeyUsage=clientAuth",
+        )?;
+        Ok((tls.join(format!("{cn}.pem")), tls.join(format!("{cn}.key"))))
+    }
+
+    fn start_with(
+        lab: &Lab,
+        addr: &str,
+        server_extra: &str,
+        scheme: &'static str,
+    ) -> anyhow::Result<Self> {
         let dir = lab.dir.join("crowdsec");
         let _ = std::fs::remove_dir_all(&dir);
         for sub in ["data", "hub"] {
@@ -46,13 +159,15 @@ impl Lapi {
                 "common:\n  daemonize: false\n  log_media: stdout\n  log_level: warning\n\
                  config_paths:\n  config_dir: {d}/\n  data_dir: {d}/data/\n  simulation_path: {d}/simulation.yaml\n  hub_dir: {d}/hub/\n  index_path: {d}/hub/.index.json\n\
                  db_config:\n  type: sqlite\n  use_wal: false\n  db_path: {d}/data/crowdsec.db\n\
-                 api:\n  client:\n    credentials_path: {d}/local_api_credentials.yaml\n  server:\n    listen_uri: {addr}:{PORT}\n    profiles_path: {d}/profiles.yaml\n    trusted_ips: [127.0.0.1]\n\
+                 api:\n  client:\n    credentials_path: {d}/local_api_credentials.yaml\n  server:\n    listen_uri: {addr}:{PORT}\n    profiles_path: {d}/profiles.yaml\n    trusted_ips: [127.0.0.1]\n{server_extra}\
                  prometheus:\n  enabled: false\n"
             ),
         )?;
         let mut lapi = Self {
             netns: lab.srv.name.clone(),
             dir,
+            scheme,
+            ca: (scheme == "https").then(|| lab.dir.join("crowdsec-tls/ca.pem")),
             child: None,
         };
         lapi.cscli_ok(
@@ -76,9 +191,9 @@ impl Lapi {
                 .stderr(Stdio::from(log))
                 .spawn()?,
         );
-        let url = format!("http://127.0.0.1:{PORT}/v1/decisions/stream?startup=true");
+        let url = format!("{}/v1/decisions/stream?startup=true", self.url());
         let up = eventually(20, || {
-            self.command("curl")
+            self.curl()
                 .args([
                     "-sf",
                     "-o",
@@ -96,6 +211,20 @@ impl Lapi {
             std::fs::read_to_string(self.dir.join("lapi.log")).unwrap_or_default()
         );
         Ok(())
+    }
+
+    /// Its URL from its own namespace.
+    pub fn url(&self) -> String {
+        format!("{}://127.0.0.1:{PORT}", self.scheme)
+    }
+
+    /// curl in its namespace, trusting its CA.
+    fn curl(&self) -> Command {
+        let mut c = self.command("curl");
+        if let Some(ca) = &self.ca {
+            c.arg("--cacert").arg(ca);
+        }
+        c
     }
 
     pub fn command(&self, program: &str) -> Command {
@@ -172,12 +301,12 @@ impl Lapi {
     /// with the start-up bouncer's key).
     pub fn decisions(&self) -> Vec<serde_json::Value> {
         let o = self
-            .command("curl")
+            .curl()
             .args([
                 "-sf",
                 "-H",
                 &format!("X-Api-Key: {KEY}"),
-                &format!("http://127.0.0.1:{PORT}/v1/decisions"),
+                &format!("{}/v1/decisions", self.url()),
             ])
             .output()
             .expect("run curl");
