@@ -1,5 +1,6 @@
 //! The Rampart agent and CLI as a library, so integration tests drive the
 //! same code the binary runs.
+pub mod anomaly;
 pub mod api;
 pub mod attach;
 pub mod audit;
