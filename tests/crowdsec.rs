@@ -3,11 +3,11 @@
 //! private config in the lab's server namespace. Decisions are added and
 //! deleted with `cscli`, and the data plane must follow within the poll
 //! interval.
-use std::process::{Child, Stdio};
+use std::process::Child;
 
 use rampart_tests::{
     lab::{Lab, eventually},
-    lapi::{KEY, Lapi, PORT},
+    lapi::{KEY, Lapi, PORT, stand_in},
 };
 
 fn listed(lab: &Lab, ip: &str) -> Option<serde_json::Value> {
@@ -250,13 +250,11 @@ http.server.HTTPServer(("0.0.0.0", {port}), H).serve_forever()
 "#,
         dir = dir.display().to_string()
     );
-    Ok(lab
-        .srv
-        .command("python3")
-        .args(["-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?)
+    stand_in(
+        lab,
+        &script,
+        &format!("http://127.0.0.1:{port}/v1/decisions/stream"),
+    )
 }
 
 #[test]
@@ -269,19 +267,6 @@ fn the_bouncer_ignores_proxy_variables_and_never_follows_a_redirect_with_its_key
     let port = 18107;
     let mut server = fake_lapi(&lab, port, &dir)?;
     let url = format!("http://{}:{port}", lab.server_ip);
-    let up = eventually(10, || {
-        lab.srv
-            .command("curl")
-            .args([
-                "-sf",
-                "-o",
-                "/dev/null",
-                &format!("{url}/v1/decisions/stream"),
-            ])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    anyhow::ensure!(up, "the stand-in local API did not start");
     lab.write_config(&format!(
         "[crowdsec]\nurl = \"{url}\"\napi_key_file = \"{}\"\npoll = \"1s\"\n",
         dir.join("key").display()

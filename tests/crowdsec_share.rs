@@ -13,7 +13,7 @@ use std::{
 use rampart_tests::{
     frames::FrameBuilder,
     lab::{Lab, eventually},
-    lapi::{Lapi, PORT},
+    lapi::{Lapi, PORT, stand_in},
     netns::{InNetns, Netns, Veth},
 };
 
@@ -474,13 +474,11 @@ http.server.ThreadingHTTPServer(("0.0.0.0", {port}), H).serve_forever()
 "#,
         dir = dir.display().to_string()
     );
-    Ok(lab
-        .srv
-        .command("python3")
-        .args(["-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?)
+    stand_in(
+        lab,
+        &script,
+        &format!("http://127.0.0.1:{port}/v1/decisions/stream"),
+    )
 }
 
 #[test]
@@ -493,19 +491,6 @@ fn hostile_or_malformed_lapi_answers_are_clear_errors_and_lose_nothing() -> anyh
     std::fs::write(dir.join("password"), "some-password\n")?;
     let port = 18123;
     let mut server = hostile_lapi(&lab, port, &dir)?;
-    let up = eventually(10, || {
-        lab.srv
-            .command("curl")
-            .args([
-                "-sf",
-                "-o",
-                "/dev/null",
-                &format!("http://127.0.0.1:{port}/v1/decisions/stream"),
-            ])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    anyhow::ensure!(up, "the stand-in local API did not start");
     lab.write_config(&format!(
         "[crowdsec]\nurl = \"http://127.0.0.1:{port}\"\napi_key_file = \"{d}/key\"\npoll = \"1s\"\nshare = true\nnode = \"node-h\"\nmachine_id = \"node-h\"\npassword_file = \"{d}/password\"\npush_interval = \"200ms\"\n",
         d = dir.display()

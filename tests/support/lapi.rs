@@ -324,3 +324,28 @@ impl Lapi {
         v.as_array().cloned().unwrap_or_default()
     }
 }
+
+/// A stand-in local API: the Python `script` run in the lab's server
+/// namespace, returned once `probe` (a URL) answers there.
+pub fn stand_in(lab: &Lab, script: &str, probe: &str) -> anyhow::Result<Child> {
+    let mut child = lab
+        .srv
+        .command("python3")
+        .args(["-c", script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let up = eventually(10, || {
+        lab.srv
+            .command("curl")
+            .args(["-sf", "-o", "/dev/null", probe])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !up {
+        let _ = child.kill();
+        let _ = child.wait();
+        anyhow::bail!("the stand-in local API did not start");
+    }
+    Ok(child)
+}
