@@ -47,7 +47,15 @@ const SCAN_EVERY: Duration = Duration::from_secs(5);
 /// This node's name in scenarios: the configured one, else the host name.
 /// A host name that does not fit a scenario is cleaned up to fit.
 pub fn node_name(cfg: &CrowdsecSection) -> String {
-    cfg.node.clone().unwrap_or_else(|| {
+    cfg.node
+        .clone()
+        .unwrap_or_else(|| host_node_name().to_string())
+}
+
+/// The host name, cleaned up, read once: every ban event and poll asks.
+fn host_node_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let clean: String = host
             .trim()
@@ -92,20 +100,17 @@ fn share_config(shared: &Shared) -> Option<CrowdsecSection> {
 /// A ban the program started (from its event): queued unless protected or
 /// offered before.
 pub fn offer_ban(shared: &Shared, prefix: Prefix, expires_ns: u64, policy: u8) {
-    let Some(cfg) = share_config(shared) else {
-        return;
-    };
-    let (protected, policy) = {
+    // One look at the core: the config, protection and the policy's name.
+    let scenario = {
         let core = lock(&shared.core);
-        (
-            core.protected_hit(&prefix).is_some(),
-            core.policy_name(policy as usize),
-        )
+        let Some(cfg) = core.cfg.config.crowdsec.as_ref().filter(|c| c.share) else {
+            return;
+        };
+        if core.protected_hit(&prefix).is_some() {
+            return;
+        }
+        share_queue::scenario(&node_name(cfg), &core.policy_name(policy as usize))
     };
-    if protected {
-        return;
-    }
-    let scenario = share_queue::scenario(&node_name(&cfg), &policy);
     let queued = lock(&shared.share.queue).offer_ban(
         prefix,
         expires_ns,
