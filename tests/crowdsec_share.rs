@@ -344,23 +344,31 @@ fn send_frames(ns: &Netns, dev: &str, frames: Vec<Vec<u8>>) -> anyhow::Result<()
             sll.sll_family = libc::AF_PACKET as u16;
             sll.sll_ifindex = libc::if_nametoindex(cdev.as_ptr()) as i32;
             sll.sll_halen = 6;
-            for f in &frames {
-                let n = libc::sendto(
-                    fd,
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    (&raw const sll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                if n < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.raw_os_error() == Some(libc::ENOBUFS) {
-                        std::thread::sleep(Duration::from_millis(1));
-                        continue;
+            // Paced in chunks so the veth ring never overflows (an
+            // overflow there is a silent drop), and a full socket buffer
+            // (ENOBUFS) retries the same frame rather than skipping it.
+            for (i, f) in frames.iter().enumerate() {
+                if i % 64 == 63 {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                loop {
+                    let n = libc::sendto(
+                        fd,
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&raw const sll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    if n >= 0 {
+                        break;
                     }
-                    libc::close(fd);
-                    anyhow::bail!("sendto: {e}");
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::ENOBUFS) {
+                        libc::close(fd);
+                        anyhow::bail!("sendto: {e}");
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
             libc::close(fd);
