@@ -118,15 +118,8 @@ impl ShareQueue {
 
     /// Writes the queue atomically (temp file, fsync, rename), private.
     pub fn save(&mut self, path: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = crate::persist::create_private(&tmp)?;
-        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        crate::persist::write_atomic(path, &bytes)?;
         self.dirty = false;
         Ok(())
     }
