@@ -77,7 +77,7 @@ impl Default for Settings {
         Self {
             half_life: 600.0,
             threshold: 6.0,
-            consecutive: 3,
+            consecutive: 2,
             calm: 10,
             learning: 3600,
             floors: [1000.0, 1.0e6, 200.0, 200.0, 200.0, 100.0],

@@ -65,6 +65,50 @@ pub struct Status {
     pub reload: ReloadStatus,
     pub state_error: Option<String>,
     pub flood: FloodStatus,
+    /// Each observed policy's traffic detector.
+    #[serde(default)]
+    pub detector: Vec<DetectorView>,
+}
+
+/// A policy's traffic detector: its baselines and the latest scores.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DetectorView {
+    pub policy: String,
+    /// Still in its learning period: nothing fires.
+    pub learning: bool,
+    pub learning_left_secs: u64,
+    /// An anomaly is active on the policy.
+    pub anomaly: bool,
+    pub features: Vec<FeatureView>,
+}
+
+/// One feature: the latest value, the baseline (mean and deviation) and
+/// the score (deviations above the mean).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeatureView {
+    pub feature: String,
+    pub value: f64,
+    pub baseline: f64,
+    pub deviation: f64,
+    pub score: f64,
+}
+
+/// `rampart anomalies`: one anomaly, current or past.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AnomalyRow {
+    pub id: u64,
+    pub policy: String,
+    /// A run of the policy's ports, or none for the policy as a whole.
+    pub ports: Option<String>,
+    /// alert, defend, or "defend (dry-run)".
+    pub action: String,
+    /// Unix seconds.
+    pub started: u64,
+    pub ended: Option<u64>,
+    pub active: bool,
+    pub peak_score: f64,
+    /// The features that fired it, as they were then.
+    pub fired: Vec<FeatureView>,
 }
 
 /// `rampart status`: the flood defence.
@@ -115,6 +159,12 @@ pub struct Explain {
     /// The source proved it can receive (flood defence).
     #[serde(default)]
     pub verified: bool,
+    /// The policy that meters the packet, if any.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// That policy's traffic detector.
+    #[serde(default)]
+    pub detector: Option<DetectorView>,
     /// Human-readable steps: which entry, ban or policy decided, and why.
     pub because: Vec<String>,
 }

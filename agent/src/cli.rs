@@ -82,6 +82,9 @@ pub enum Command {
         #[arg(long, default_value_t = 443)]
         port: u16,
     },
+    /// Traffic anomalies the detector found, current and past, with the
+    /// features and scores that fired them.
+    Anomalies,
     /// Re-read and apply the config file (invalid: nothing changes).
     Reload,
     /// Threat feeds and the CrowdSec bouncer.
@@ -271,8 +274,16 @@ pub async fn run(cli: Cli) -> Result<(), String> {
                 for b in &x.because {
                     s.push_str(&format!("  because {b}\n"));
                 }
+                if let Some(d) = &x.detector {
+                    s.push_str(&detector_text(d));
+                }
                 s
             });
+            Ok(())
+        }
+        Command::Anomalies => {
+            let rows: Vec<api::AnomalyRow> = c.get("/v1/anomalies").await.map_err(e)?;
+            emit(out, &rows, || anomalies_table(&rows));
             Ok(())
         }
         Command::Feeds(FeedsCmd::List) => {
@@ -593,6 +604,76 @@ fn until(expires: Option<u64>) -> String {
     }
 }
 
+/// A policy's detector: its state, and each feature's value, baseline and score.
+fn detector_text(d: &api::DetectorView) -> String {
+    let state = if d.anomaly {
+        "ANOMALY".to_string()
+    } else if d.learning {
+        format!(
+            "learning ({} left)",
+            clock::human(Duration::from_secs(d.learning_left_secs))
+        )
+    } else {
+        "normal".to_string()
+    };
+    let mut t = format!("detector of policy {}: {state}\n", d.policy);
+    t.push_str(&table(
+        &["FEATURE", "NOW", "BASELINE", "DEVIATION", "SCORE"],
+        d.features
+            .iter()
+            .map(|f| {
+                vec![
+                    f.feature.clone(),
+                    format!("{:.1}", f.value),
+                    format!("{:.1}", f.baseline),
+                    format!("{:.1}", f.deviation),
+                    format!("{:.1}", f.score),
+                ]
+            })
+            .collect(),
+    ));
+    t
+}
+
+fn anomalies_table(rows: &[api::AnomalyRow]) -> String {
+    if rows.is_empty() {
+        return "no anomalies\n".into();
+    }
+    table(
+        &[
+            "ID", "POLICY", "PORTS", "ACTION", "STARTED", "ENDED", "PEAK", "FIRED BY",
+        ],
+        rows.iter()
+            .map(|r| {
+                vec![
+                    r.id.to_string(),
+                    r.policy.clone(),
+                    r.ports.clone().unwrap_or_else(|| "all".into()),
+                    r.action.clone(),
+                    unix_time(r.started),
+                    r.ended.map_or_else(|| "active".into(), unix_time),
+                    format!("{:.1}", r.peak_score),
+                    r.fired
+                        .iter()
+                        .map(|f| {
+                            format!(
+                                "{} {:.0} vs {:.0} (score {:.1})",
+                                f.feature, f.value, f.baseline, f.score
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// Unix seconds as UTC time of day and date.
+fn unix_time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
 fn print_status(out: Output, s: &Status) {
     emit(out, s, || {
         let mut t = format!(
@@ -656,6 +737,10 @@ fn print_status(out: Output, s: &Status) {
         if !s.flood.policies.is_empty() {
             t.push('\n');
             t.push_str(&flood_table(&s.flood.policies));
+        }
+        for d in &s.detector {
+            t.push('\n');
+            t.push_str(&detector_text(d));
         }
         t
     });

@@ -36,6 +36,8 @@ pub struct Config {
     #[serde(default)]
     pub flood: FloodSection,
     #[serde(default)]
+    pub detect: DetectSection,
+    #[serde(default)]
     pub guards: GuardsSection,
     #[serde(default)]
     pub protected: ProtectedSection,
@@ -158,6 +160,182 @@ pub struct FloodSection {
     /// (the kernel issues the program's cookies only then). Off: the agent
     /// leaves the setting alone, and cookie mode is off unless it is 2.
     pub manage_tcp_syncookies: bool,
+}
+
+/// The traffic detector's settings for the whole host (each policy sets
+/// its own `detect` action). See `anomaly` for what they mean.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectSection {
+    /// Half-life of the learnt baselines.
+    #[serde(with = "humantime_serde")]
+    pub half_life: Duration,
+    /// Deviations above the baseline that count as anomalous.
+    pub threshold: f64,
+    /// Seconds in a row over the threshold before an anomaly starts.
+    pub consecutive: u32,
+    /// Seconds in a row under half the threshold before it ends.
+    pub calm: u32,
+    /// After first start, how long the detector only learns.
+    #[serde(with = "humantime_serde")]
+    pub learning: Duration,
+    /// A feature's deviation never counts as less than this share of its mean.
+    pub min_relative_deviation: f64,
+    /// Values under these never count as anomalous, however they score.
+    pub floors: Floors,
+    /// Under `defend`, the newcomer budget is this share of the policy's.
+    pub defend_budget_share: f64,
+    /// Past anomalies kept for `rampart anomalies`.
+    pub history: usize,
+}
+
+/// [`DetectSection::floors`], per second (drop share: per thousand packets).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Floors {
+    pub packets: f64,
+    pub bytes: f64,
+    pub syns: f64,
+    pub new_sources: f64,
+    pub distinct_sources: f64,
+    pub drop_share: f64,
+}
+
+impl Default for Floors {
+    fn default() -> Self {
+        let f = crate::anomaly::Settings::default().floors;
+        Self {
+            packets: f[0],
+            bytes: f[1],
+            syns: f[2],
+            new_sources: f[3],
+            distinct_sources: f[4],
+            drop_share: f[5],
+        }
+    }
+}
+
+impl Default for DetectSection {
+    fn default() -> Self {
+        let s = crate::anomaly::Settings::default();
+        Self {
+            half_life: Duration::from_secs_f64(s.half_life),
+            threshold: s.threshold,
+            consecutive: s.consecutive,
+            calm: s.calm,
+            learning: Duration::from_secs(s.learning),
+            min_relative_deviation: s.min_relative_deviation,
+            floors: Floors::default(),
+            defend_budget_share: 0.25,
+            history: 100,
+        }
+    }
+}
+
+impl DetectSection {
+    /// The detector's settings.
+    pub fn settings(&self) -> crate::anomaly::Settings {
+        let f = &self.floors;
+        crate::anomaly::Settings {
+            half_life: self.half_life.as_secs_f64(),
+            threshold: self.threshold,
+            consecutive: self.consecutive,
+            calm: self.calm,
+            learning: self.learning.as_secs(),
+            floors: [
+                f.packets,
+                f.bytes,
+                f.syns,
+                f.new_sources,
+                f.distinct_sources,
+                f.drop_share,
+            ],
+            min_relative_deviation: self.min_relative_deviation,
+        }
+    }
+
+    /// Each field out of its bounds, with what is allowed.
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut check = |field: &str, ok: bool, allowed: &str, got: String| {
+            if !ok {
+                out.push((
+                    format!("detect.{field}"),
+                    format!("must be {allowed}, got {got}"),
+                ));
+            }
+        };
+        let hl = self.half_life;
+        check(
+            "half_life",
+            (Duration::from_secs(10)..=Duration::from_secs(30 * 86_400)).contains(&hl),
+            "between 10s and 30 days",
+            humantime::format_duration(hl).to_string(),
+        );
+        check(
+            "threshold",
+            (2.0..=1000.0).contains(&self.threshold),
+            "2 to 1000 deviations",
+            self.threshold.to_string(),
+        );
+        check(
+            "consecutive",
+            (1..=300).contains(&self.consecutive),
+            "1 to 300 seconds",
+            self.consecutive.to_string(),
+        );
+        check(
+            "calm",
+            (1..=3600).contains(&self.calm),
+            "1 to 3600 seconds",
+            self.calm.to_string(),
+        );
+        check(
+            "learning",
+            self.learning <= Duration::from_secs(30 * 86_400),
+            "at most 30 days",
+            humantime::format_duration(self.learning).to_string(),
+        );
+        check(
+            "min_relative_deviation",
+            (0.01..=10.0).contains(&self.min_relative_deviation),
+            "0.01 to 10",
+            self.min_relative_deviation.to_string(),
+        );
+        check(
+            "defend_budget_share",
+            self.defend_budget_share > 0.0 && self.defend_budget_share <= 1.0,
+            "above 0 and at most 1",
+            self.defend_budget_share.to_string(),
+        );
+        check(
+            "history",
+            (1..=10_000).contains(&self.history),
+            "1 to 10000",
+            self.history.to_string(),
+        );
+        let f = &self.floors;
+        for (name, v) in [
+            ("packets", f.packets),
+            ("bytes", f.bytes),
+            ("syns", f.syns),
+            ("new_sources", f.new_sources),
+            ("distinct_sources", f.distinct_sources),
+            ("drop_share", f.drop_share),
+        ] {
+            check(
+                &format!("floors.{name}"),
+                v.is_finite() && v >= 0.0 && (name != "drop_share" || v <= 1000.0),
+                if name == "drop_share" {
+                    "0 to 1000 (per thousand packets)"
+                } else {
+                    "0 or more"
+                },
+                v.to_string(),
+            );
+        }
+        out
+    }
 }
 
 /// Longest `verified_ttl`: a day; past it an address may well have changed hands.
@@ -464,6 +642,9 @@ pub fn parse(text: &str, file: &str) -> Result<Validated, ConfigErrors> {
                 humantime::format_duration(ttl)
             ),
         );
+    }
+    for (field, m) in config.detect.problems() {
+        err(0..0, field, m);
     }
     let mut abi_count = 0;
     let mut names = std::collections::HashSet::new();
@@ -1024,6 +1205,65 @@ mod tests {
         assert_eq!(p.syn_above, crate::policy::DEFAULT_SYN_ABOVE);
         assert_eq!(p.new_pps, crate::policy::DEFAULT_NEW_SOURCES_PPS);
         assert_eq!(p.new_burst, 2 * crate::policy::DEFAULT_NEW_SOURCES_PPS);
+    }
+
+    #[test]
+    fn the_detector_settings_are_checked_and_each_policy_picks_its_action() {
+        for (text, needle) in [
+            (
+                "[detect]\nthreshold = 1.0\n",
+                "detect.threshold: must be 2 to 1000",
+            ),
+            (
+                "[detect]\nconsecutive = 0\n",
+                "detect.consecutive: must be 1 to 300",
+            ),
+            (
+                "[detect]\nhalf_life = \"1s\"\n",
+                "detect.half_life: must be between 10s",
+            ),
+            (
+                "[detect]\nlearning = \"60d\"\n",
+                "detect.learning: must be at most 30 days",
+            ),
+            (
+                "[detect]\ndefend_budget_share = 0\n",
+                "detect.defend_budget_share: must be above 0",
+            ),
+            (
+                "[detect]\nfloors = { syns = -1 }\n",
+                "detect.floors.syns: must be 0 or more",
+            ),
+            (
+                "[detect]\nfloors = { drop_share = 2000 }\n",
+                "detect.floors.drop_share: must be 0 to 1000",
+            ),
+            ("[detect]\nsensitivity = 3\n", "unknown field `sensitivity`"),
+            (
+                "[[policy]]\nname = \"web\"\npps = 10\ndetect = \"panic\"\n",
+                "unknown variant `panic`",
+            ),
+        ] {
+            let e = parse(text, "f.toml").unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        let v = parse(
+            "[detect]\nthreshold = 8.0\nfloors = { syns = 50 }\n\n[[policy]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [\"8000-8099\"]\npps = 10\n\n[[policy]]\nname = \"dns\"\nprotocol = \"udp\"\npps = 10\ndetect = \"off\"\n",
+            "f.toml",
+        )
+        .unwrap();
+        let s = v.config.detect.settings();
+        assert_eq!((s.threshold, s.floors[2], s.floors[0]), (8.0, 50.0, 1000.0));
+        let web = v.config.policies[0].get_ref().to_abi()[0];
+        let dns = v.config.policies[1].get_ref().to_abi()[0];
+        assert_ne!(
+            web.flags & rampart_common::abi::policy_flag::OBSERVE,
+            0,
+            "alert by default"
+        );
+        assert_eq!(dns.flags & rampart_common::abi::policy_flag::OBSERVE, 0);
+        // 100 ports in at most 16 runs: runs of 8.
+        assert_eq!(web.port_shift, 3);
     }
 
     #[test]

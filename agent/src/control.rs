@@ -204,6 +204,7 @@ pub async fn start(shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
         .route("/v1/stats", get(stats))
         .route("/v1/top", get(top))
         .route("/v1/explain", get(explain))
+        .route("/v1/anomalies", get(anomalies))
         .route("/v1/reload", post(reload_handler))
         .route("/v1/feeds", get(feeds_list))
         .route("/v1/feeds/refresh", post(feeds_refresh))
@@ -269,8 +270,14 @@ async fn status(State(s): Shr) -> Response {
             verified_sources: core.verified_sources,
             policies: core.flood_policies(),
         },
+        detector: lock(&s.detection)
+            .views(&core.cfg.config.detect.settings(), crate::detection::now()),
     })
     .into_response()
+}
+
+async fn anomalies(State(s): Shr) -> Response {
+    Json(lock(&s.detection).anomalies()).into_response()
 }
 
 #[derive(Deserialize)]
@@ -495,13 +502,15 @@ async fn explain(
         }
     };
     let core = lock(&s.core);
-    Json(crate::explain::explain(
-        &core,
-        ip,
-        proto,
-        q.port.unwrap_or(443),
-    ))
-    .into_response()
+    let mut e = crate::explain::explain(&core, ip, proto, q.port.unwrap_or(443));
+    if let Some(p) = &e.policy {
+        e.detector = lock(&s.detection).view(
+            p,
+            &core.cfg.config.detect.settings(),
+            crate::detection::now(),
+        );
+    }
+    Json(e).into_response()
 }
 
 async fn reload_handler(State(s): Shr, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {

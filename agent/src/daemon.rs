@@ -209,6 +209,10 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
         }
         *lock(&share.queue) = queue;
     }
+    let (detection, problem) = crate::detection::Detection::load(&state_dir);
+    if let Some(p) = problem {
+        tracing::error!("{p}");
+    }
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
         ifaces: Mutex::new(Vec::new()),
@@ -228,6 +232,7 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
         save_soon: tokio::sync::Notify::new(),
         health: crate::shared::Health::new(clock::mono_ns()),
         routes: Mutex::default(),
+        detection: Mutex::new(detection),
     });
     shared.metrics.record_reload(true);
     sync_interfaces(&shared);
@@ -244,6 +249,7 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
     tokio::spawn(crate::feeds::run(shared.clone()));
     tokio::spawn(crate::crowdsec::run(shared.clone()));
     tokio::spawn(crate::crowdsec_push::run(shared.clone()));
+    tokio::spawn(crate::detection_task::run(shared.clone()));
     if let Some(rb) = events {
         tokio::spawn(read_events(shared.clone(), rb));
     }
@@ -261,6 +267,7 @@ async fn serve(opts: AgentOptions, cfg: Validated) -> anyhow::Result<()> {
     control.abort();
     metrics.abort();
     save_state(&shared);
+    crate::detection_task::save(&shared);
     let _ = std::fs::remove_file(&lock(&shared.core).cfg.config.control.socket);
     tracing::info!("stopping; the pinned program keeps filtering (`rampart detach` removes it)");
     Ok(())

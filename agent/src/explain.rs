@@ -144,8 +144,22 @@ pub fn explain(core: &Core, ip: IpAddr, proto: Protocol, port: u16) -> Explain {
         ),
         None => "not a verified source".into(),
     });
+    let pkt = match parse(&f.as_slice()) {
+        rampart_common::parse::Parsed::Ip(p) => Some(p),
+        _ => None,
+    };
+    let policy = pkt.and_then(|pkt| {
+        core.dp
+            .policies()
+            .unwrap_or_default()
+            .iter()
+            .position(|p| rampart_common::decide::policy_matches(p, &pkt))
+            .map(|i| policy_name(core, i as u8).to_string())
+    });
     Explain {
         ip: ip.to_string(),
+        policy,
+        detector: None,
         protocol: format!("{proto:?}").to_lowercase(),
         port,
         action: action::NAMES[v.action as usize].into(),

@@ -17,6 +17,8 @@ pub mod crowdsec_book;
 pub mod crowdsec_push;
 pub mod daemon;
 pub mod datapath;
+pub mod detection;
+pub mod detection_task;
 pub mod explain;
 pub mod feed;
 pub mod feeds;

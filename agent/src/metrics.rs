@@ -55,6 +55,16 @@ pub struct Metrics {
     verified_by_connection: IntCounter,
     verified_sources: IntGauge,
     pub connections_refused: IntCounterVec,
+    detector_value: prometheus::GaugeVec,
+    detector_baseline: prometheus::GaugeVec,
+    detector_score: prometheus::GaugeVec,
+    detector_learning: IntGaugeVec,
+    anomaly_active: IntGaugeVec,
+    anomalies: IntCounterVec,
+    detector_busy: prometheus::Counter,
+    /// The newest anomaly already counted, by id; None until the first
+    /// reading (anomalies from before a restart are not counted again).
+    anomalies_seen: std::sync::Mutex<Option<u64>>,
     /// The last rendered scrape and when: a scrape flood renders once a
     /// second at most.
     snapshot: std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<String>)>>,
@@ -73,6 +83,13 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric name");
+    g
+}
+
+fn float_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    let g =
+        prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     r.register(Box::new(g.clone())).expect("unique metric name");
     g
 }
@@ -351,6 +368,52 @@ impl Metrics {
                 "Connections closed on accept because the listener's connection cap was reached, by listener.",
                 &["listener"],
             ),
+            detector_value: float_gauge_vec(
+                &r,
+                "rampart_detector_value",
+                "The traffic detector's latest value of each feature, per policy (per second; drop_share per thousand packets).",
+                &["policy", "feature"],
+            ),
+            detector_baseline: float_gauge_vec(
+                &r,
+                "rampart_detector_baseline",
+                "The learnt baseline (exponentially weighted mean) of each feature, per policy.",
+                &["policy", "feature"],
+            ),
+            detector_score: float_gauge_vec(
+                &r,
+                "rampart_detector_score",
+                "Deviations above its baseline of each feature's latest value, per policy.",
+                &["policy", "feature"],
+            ),
+            detector_learning: gauge_vec(
+                &r,
+                "rampart_detector_learning",
+                "1 while a policy's detector is in its learning period (nothing fires).",
+                &["policy"],
+            ),
+            anomaly_active: gauge_vec(
+                &r,
+                "rampart_anomaly_active",
+                "1 while a traffic anomaly is active on a policy (or a run of its ports), by the action taken.",
+                &["policy", "action"],
+            ),
+            anomalies: counter_vec(
+                &r,
+                "rampart_anomalies_total",
+                "Traffic anomalies started, per policy and action (alert, defend, \"defend (dry-run)\").",
+                &["policy", "action"],
+            ),
+            detector_busy: {
+                let c = prometheus::Counter::new(
+                    "rampart_detector_busy_seconds_total",
+                    "Time the agent spent running the traffic detectors.",
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(c.clone())).expect("unique metric name");
+                c
+            },
+            anomalies_seen: std::sync::Mutex::new(None),
             snapshot: std::sync::Mutex::new(None),
             rendering: tokio::sync::Mutex::new(()),
             registry: r,
@@ -363,6 +426,63 @@ impl Metrics {
             let _ = m.reloads.with_label_values(&[result]);
         }
         m
+    }
+
+    /// The traffic detectors' state, after each of their ticks.
+    pub fn set_detector(
+        &self,
+        views: &[crate::api::DetectorView],
+        anomalies: &[crate::api::AnomalyRow],
+        busy_ns: u64,
+    ) {
+        for g in [
+            &self.detector_value,
+            &self.detector_baseline,
+            &self.detector_score,
+        ] {
+            g.reset();
+        }
+        self.detector_learning.reset();
+        for v in views {
+            self.detector_learning
+                .with_label_values(&[&v.policy])
+                .set(i64::from(v.learning));
+            for f in &v.features {
+                let l = [v.policy.as_str(), f.feature.as_str()];
+                self.detector_value.with_label_values(&l).set(f.value);
+                self.detector_baseline.with_label_values(&l).set(f.baseline);
+                self.detector_score.with_label_values(&l).set(f.score);
+            }
+        }
+        self.anomaly_active.reset();
+        for v in views {
+            // Every series exists from the start, so alerts can rate() them.
+            for action in ["alert", "defend", "defend (dry-run)"] {
+                let _ = self.anomaly_active.with_label_values(&[&v.policy, action]);
+                let _ = self.anomalies.with_label_values(&[&v.policy, action]);
+            }
+        }
+        let mut seen = crate::sync::lock(&self.anomalies_seen);
+        let newest = anomalies.iter().map(|a| a.id).max().unwrap_or(0);
+        let counted = *seen.get_or_insert(newest);
+        for a in anomalies {
+            if a.active {
+                self.anomaly_active
+                    .with_label_values(&[&a.policy, &a.action])
+                    .set(1);
+            }
+            if a.id > counted {
+                self.anomalies
+                    .with_label_values(&[&a.policy, &a.action])
+                    .inc();
+            }
+        }
+        *seen = Some(counted.max(newest));
+        let busy = busy_ns as f64 / 1e9;
+        let cur = self.detector_busy.get();
+        if busy > cur {
+            self.detector_busy.inc_by(busy - cur);
+        }
     }
 
     /// Counts a configuration load (start-up or reload) and its result.

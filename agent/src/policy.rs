@@ -83,6 +83,33 @@ pub struct PolicySpec {
     /// The newcomer budget's bucket size (default: twice `new_sources_pps`).
     #[serde(default)]
     pub new_sources_burst: Option<u64>,
+    /// What the traffic detector does when the policy's traffic departs
+    /// from its learnt normal.
+    #[serde(default)]
+    pub detect: Detect,
+}
+
+/// [`PolicySpec::detect`]: the detector's ladder of actions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Detect {
+    /// Not watched (and its packets cost the detector nothing).
+    Off,
+    /// Reported: log, audit, `rampart anomalies`, metrics.
+    #[default]
+    Alert,
+    /// Reported, and the policy's flood defence engaged while it lasts.
+    Defend,
+}
+
+impl Detect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Alert => "alert",
+            Self::Defend => "defend",
+        }
+    }
 }
 
 /// [`PolicySpec::syn_cookies`].
@@ -310,13 +337,19 @@ impl PolicySpec {
                 .unwrap_or(self.new_sources_pps.saturating_mul(2).min(MAX_BURST))
         };
         let idle = Duration::from_nanos(pps_fill.max(bps_fill)).max(MIN_IDLE);
+        let observe = if self.detect == Detect::Off {
+            0
+        } else {
+            policy_flag::OBSERVE
+        };
         let base = Policy {
             proto: self.protocol.abi(),
-            flags: if self.dry_run {
-                policy_flag::DRY_RUN
-            } else {
-                0
-            },
+            flags: observe
+                | if self.dry_run {
+                    policy_flag::DRY_RUN
+                } else {
+                    0
+                },
             v4_prefix: self.ipv4_prefix,
             v6_prefix: self.ipv6_prefix,
             port_lo: 0,
@@ -338,7 +371,8 @@ impl PolicySpec {
             syn_above: self.syn_cookies_above,
             syn_cookies: self.syn_cookies.abi(),
             group: 0,
-            pad: [0; 2],
+            port_shift: 0,
+            pad: 0,
         };
         if self.ports.is_empty() {
             return vec![base];
@@ -349,6 +383,7 @@ impl PolicySpec {
                 flags: base.flags | policy_flag::HAS_PORTS,
                 port_lo: r.lo,
                 port_hi: r.hi,
+                port_shift: rampart_common::sketch::port_shift(r.lo, r.hi),
                 ..base
             })
             .collect()
@@ -381,7 +416,27 @@ impl PolicySpec {
             syn_cookies_above: DEFAULT_SYN_ABOVE,
             new_sources_pps: DEFAULT_NEW_SOURCES_PPS,
             new_sources_burst: None,
+            detect: Detect::default(),
         }
+    }
+}
+
+/// A policy entry under the traffic detector's defence: cookie mode
+/// engaged (for `auto`), and the newcomer budget cut to `share` of its own
+/// (at least one packet a second).
+pub fn defended(p: &Policy, share: f64) -> Policy {
+    let (new_pps, new_burst) = if p.new_pps == 0 {
+        (0, 0)
+    } else {
+        let cut = |v: u64| ((v as f64 * share) as u64).max(1);
+        (cut(p.new_pps), cut(p.new_burst))
+    };
+    Policy {
+        flags: p.flags | policy_flag::DEFEND,
+        new_pps,
+        new_burst,
+        new_fill_ns: fill_ns(new_pps, new_burst),
+        ..*p
     }
 }
 
@@ -400,4 +455,34 @@ pub fn kernel_policies<'a>(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_defended_policy_engages_cookies_and_cuts_its_newcomer_budget() {
+        let spec = PolicySpec {
+            syn_cookies: SynCookies::Auto,
+            ..PolicySpec::simple("web", Protocol::Tcp, &[(443, 443)], 100, 100)
+        };
+        let p = spec.to_abi()[0];
+        let d = defended(&p, 0.25);
+        assert_ne!(d.flags & policy_flag::DEFEND, 0);
+        assert_eq!(d.new_pps, p.new_pps / 4);
+        assert_eq!(d.new_burst, p.new_burst / 4);
+        assert_eq!(d.new_fill_ns, fill_ns(d.new_pps, d.new_burst));
+        // What the program reads: cookie mode engaged without a SYN.
+        let fs = rampart_common::abi::FloodState::default();
+        assert!(!rampart_common::flood::cookies_engaged(&fs, &p));
+        assert!(rampart_common::flood::cookies_engaged(&fs, &d));
+        // No budget stays no budget.
+        let none = Policy {
+            new_pps: 0,
+            new_burst: 0,
+            ..p
+        };
+        assert_eq!(defended(&none, 0.25).new_pps, 0);
+    }
 }

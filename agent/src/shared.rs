@@ -46,6 +46,8 @@ pub struct Shared {
     pub health: Health,
     /// Auto mode's interfaces, kept through route flaps.
     pub routes: Mutex<crate::auto_ifaces::RouteMemory>,
+    /// The traffic detector (taken after `core`, never before).
+    pub detection: Mutex<crate::detection::Detection>,
 }
 
 /// Housekeeping this long overdue means a wedged agent: /healthz fails.

@@ -207,9 +207,46 @@ pub struct Core {
     pub syn_cookies: HostCookies,
     /// Verified sources, as last counted by housekeeping.
     pub verified_sources: u64,
+    /// Policies whose flood defence the traffic detector has engaged.
+    defended: std::collections::BTreeSet<String>,
 }
 
 impl Core {
+    /// Writes the configured policies to the program, with the traffic
+    /// detector's defence over those it defends. Policies keep their index,
+    /// so unchanged ones keep their buckets.
+    fn write_policies(&mut self) -> Result<Vec<Policy>, CoreError> {
+        let share = self.cfg.config.detect.defend_budget_share;
+        let (names, abi): (Vec<String>, Vec<Policy>) =
+            policy::kernel_policies(self.cfg.config.policies.iter().map(|p| p.get_ref()))
+                .into_iter()
+                .map(|(name, p)| {
+                    let p = if self.defended.contains(&name) {
+                        policy::defended(&p, share)
+                    } else {
+                        p
+                    };
+                    (name, p)
+                })
+                .unzip();
+        self.dp.set_policies(&abi)?;
+        self.policy_names = names;
+        Ok(abi)
+    }
+
+    /// Engages the flood defence of exactly the policies in `names` (the
+    /// traffic detector's `defend`), releasing the others.
+    pub fn set_defended(
+        &mut self,
+        names: std::collections::BTreeSet<String>,
+    ) -> Result<(), CoreError> {
+        if names == self.defended {
+            return Ok(());
+        }
+        self.defended = names;
+        self.write_policies().map(|_| ())
+    }
+
     /// The config file's last load or reload, for status and metrics.
     pub fn reload_status(&self) -> &ReloadStatus {
         &self.reload
@@ -273,6 +310,7 @@ impl Core {
             entry_counts: BTreeMap::new(),
             syn_cookies: HostCookies::NotUsed,
             verified_sources: 0,
+            defended: std::collections::BTreeSet::new(),
         };
         core.apply(cfg, true)?;
         // Entries in the maps (re-adopted pins) that no source claims were
@@ -380,13 +418,7 @@ impl Core {
         }
         self.protected = protected;
 
-        // Policies keep their index, so unchanged ones keep their buckets.
-        let (names, abi): (Vec<String>, Vec<Policy>) =
-            policy::kernel_policies(self.cfg.config.policies.iter().map(|p| p.get_ref()))
-                .into_iter()
-                .unzip();
-        self.dp.set_policies(&abi)?;
-        self.policy_names = names;
+        let abi = self.write_policies()?;
         let wanted = abi
             .iter()
             .any(|p| p.syn_cookies != rampart_common::abi::syn_cookies::OFF);

@@ -11,6 +11,7 @@ mod bench;
 pub use bench::BENCH_OBJECT;
 mod bans;
 mod counters;
+mod detect;
 mod flood;
 mod lists;
 mod no_ban;
@@ -69,6 +70,8 @@ pub struct Datapath {
     rate_buckets: Array<MapData, RateBuckets>,
     rate_extra: Array<MapData, RateExtra>,
     flood: Array<MapData, FloodState>,
+    policy_stats: PerCpuArray<MapData, rampart_common::abi::PolicyStats>,
+    sketches: PerCpuArray<MapData, rampart_common::abi::Sketch>,
     verified_v4: HashMap<MapData, u32, Verified>,
     verified_v6: HashMap<MapData, Addr, Verified>,
     verified_hint: Array<MapData, u64>,
@@ -272,6 +275,8 @@ impl Datapath {
             rate_buckets: take!(map_name::RATE_BUCKETS),
             rate_extra: take!(map_name::RATE_EXTRA),
             flood: take!(map_name::FLOOD),
+            policy_stats: take!(map_name::POLICY_STATS),
+            sketches: take!(map_name::SKETCHES),
             verified_v4: take!(map_name::VERIFIED_V4),
             verified_v6: take!(map_name::VERIFIED_V6),
             verified_hint: take!(map_name::VERIFIED_HINT),

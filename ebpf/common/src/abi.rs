@@ -60,6 +60,10 @@ pub mod map_name {
         /// tries, read only when a ban is due.
         NO_BAN_V4,
         NO_BAN_V6,
+        /// The traffic detector's per-policy counters and source sketches
+        /// ([`PolicyStats`], [`Sketch`]).
+        POLICY_STATS,
+        SKETCHES,
     );
 }
 
@@ -456,7 +460,64 @@ pub mod policy_flag {
     /// The policy matches a destination port range (so never a non-first
     /// fragment, which carries no ports).
     pub const HAS_PORTS: u8 = 2;
+    /// The traffic detector watches the policy: its packets are counted in
+    /// `POLICY_STATS` and their sources in `SKETCHES`.
+    pub const OBSERVE: u8 = 4;
+    /// The detector has engaged the policy's flood defence for an anomaly:
+    /// `auto` cookie mode answers as if its SYN rate were over the
+    /// threshold (the agent also writes the tighter newcomer budget).
+    pub const DEFEND: u8 = 8;
 }
+
+/// Each policy entry's traffic counters are split over this many slots by
+/// destination port (see [`Policy::port_shift`]), so the detector can see a
+/// flood aimed at one port of a range.
+pub const PORT_SLOTS: u32 = 16;
+/// Entries of `POLICY_STATS`: a slot per policy entry and port slot.
+pub const POLICY_STATS_ENTRIES: u32 = MAX_POLICIES * PORT_SLOTS;
+
+/// One slot's traffic, counted by the program for the detector (an entry
+/// of the per-CPU `POLICY_STATS`, indexed by `entry * PORT_SLOTS + slot`).
+/// Counts only grow; the agent takes differences a second apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// TCP segments with SYN set and none of ACK, RST and FIN.
+    pub syns: u64,
+    /// Packets of sources the rate table did not hold (they took a way, the
+    /// set's overflow bucket, or were refused by the newcomer budget).
+    pub new_sources: u64,
+    /// Packets the policy dropped, or would have under dry-run.
+    pub drops: u64,
+}
+
+/// Registers of a [`Sketch`] (a HyperLogLog of distinct sources).
+pub const SKETCH_REGISTERS: usize = 256;
+/// A HyperLogLog sketch of the sources one configured policy saw in one
+/// epoch of 2^[`SKETCH_EPOCH_SHIFT`] ns: an entry of the per-CPU
+/// `SKETCHES`, indexed by `bank * MAX_POLICIES + group`, where the bank is
+/// the epoch's parity. The agent merges a finished epoch's bank across
+/// CPUs (register-wise maximum) and clears it before its turn comes again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sketch {
+    pub registers: [u8; SKETCH_REGISTERS],
+}
+
+impl Default for Sketch {
+    fn default() -> Self {
+        Self {
+            registers: [0; SKETCH_REGISTERS],
+        }
+    }
+}
+
+/// Sketch epochs last 2^30 ns (about 1.07 s): a shift, not a division.
+pub const SKETCH_EPOCH_SHIFT: u32 = 30;
+/// `SKETCHES` entries: two banks of one sketch per policy group.
+pub const SKETCH_ENTRIES: u32 = 2 * MAX_POLICIES;
 
 /// [`Policy::syn_cookies`]: how a TCP policy answers SYNs from unverified
 /// sources.
@@ -554,7 +615,11 @@ pub struct Policy {
     /// The index of the first entry of the same configured policy: its
     /// `FLOOD` entry.
     pub group: u8,
-    pub pad: [u8; 2],
+    /// The destination port's slot in `POLICY_STATS` is
+    /// `(port - port_lo) >> port_shift`: a range is cut into at most
+    /// [`PORT_SLOTS`] equal runs of ports.
+    pub port_shift: u8,
+    pub pad: u8,
 }
 
 pub const RATE_WAYS: usize = 4;
@@ -673,4 +738,6 @@ const _: () = {
     assert!(size_of::<RateBuckets>() == 64);
     assert!(size_of::<RateExtra>() == 64);
     assert!(size_of::<Event>() == 16 + 32 + 4 + 8 + 8 + 4);
+    assert!(size_of::<PolicyStats>() == 40);
+    assert!(size_of::<Sketch>() == SKETCH_REGISTERS);
 };

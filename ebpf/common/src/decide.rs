@@ -165,6 +165,21 @@ pub trait Tables {
     fn tcp_at(&self) -> Option<TcpAt>;
     /// Adds one to a [`stat`] counter.
     fn count(&self, stat: u32);
+    /// Counts a packet of observed policy entry `index` for the traffic
+    /// detector, with what became of it (an [`outcome`] set): in its
+    /// `POLICY_STATS` slot, and its source in its group's sketch. The model
+    /// does not count.
+    #[inline(always)]
+    fn observe(
+        &self,
+        _cfg: &Config,
+        _index: u32,
+        _pkt: &Packet,
+        _len: u32,
+        _now: u64,
+        _outcome: u32,
+    ) {
+    }
     /// Announces a ban to user space.
     fn ban_started(&self, ban: &BanStarted);
 
@@ -307,11 +322,23 @@ pub fn decide<T: Tables, F: Fn() -> u64>(
 
     if let Some((index, policy)) = first_policy(t, cfg, pkt) {
         let dry_run = global_dry || policy.flags & policy_flag::DRY_RUN != 0;
+        // The traffic detector counts each packet of an observed policy
+        // once, where its fate is known: at each of the two exits below.
+        // Nothing is held across the calls but what they already need (the
+        // kernel's combined stack of three nested calls is 512 bytes).
         if policy.syn_cookies != syn_cookies::OFF && pkt.proto == ipproto::TCP {
             // The defence hands back the verdict whole (pass: go on), so
             // that its outcomes meet here as one state, not one apiece.
             let v = t.defend_syn(cfg, index, pkt, now, dry_run);
             if v.action == action::CHALLENGE || v.action == action::DROP {
+                if policy.flags & policy_flag::OBSERVE != 0 {
+                    let o = if v.action == action::DROP {
+                        outcome::DROPPED
+                    } else {
+                        0
+                    };
+                    t.observe(cfg, index, pkt, len, now, o);
+                }
                 return v;
             }
             if v.action != action::PASS {
@@ -319,6 +346,18 @@ pub fn decide<T: Tables, F: Fn() -> u64>(
             }
         }
         let metered = t.meter(cfg, index, src, len, now);
+        if policy.flags & policy_flag::OBSERVE != 0 {
+            let o = if metered.new_source {
+                outcome::NEW_SOURCE
+            } else {
+                0
+            } | if metered.conforms {
+                0
+            } else {
+                outcome::DROPPED
+            };
+            t.observe(cfg, index, pkt, len, now, o);
+        }
         if metered.ban_due && !dry_run {
             t.start_ban(policy, index, src, now);
         }
@@ -647,6 +686,12 @@ fn ticks_ns(ticks: u32) -> u64 {
 /// (each CPU reads a clock that moves with its own scheduler tick).
 const SKEW_TICKS: u32 = 1 << 10;
 
+/// Bits of what one observed packet came to, for the traffic detector.
+pub mod outcome {
+    pub const NEW_SOURCE: u32 = 1;
+    pub const DROPPED: u32 = 2;
+}
+
 /// What metering one packet found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Metered {
@@ -659,6 +704,9 @@ pub struct Metered {
     /// its newcomer budget is spent. A value, not a flag, so the decision
     /// carries it on without branching.
     pub drop_reason: u8,
+    /// The rate table did not hold the source: a new source for the
+    /// traffic detector.
+    pub new_source: bool,
 }
 
 impl Metered {
@@ -666,6 +714,7 @@ impl Metered {
         conforms: true,
         ban_due: false,
         drop_reason: reason::RATELIMIT,
+        new_source: false,
     };
 }
 
@@ -779,6 +828,7 @@ pub fn meter<T: Tables>(
         } else {
             reason::RATELIMIT
         },
+        new_source: placed != Placement::Held,
     }
 }
 

@@ -3,7 +3,8 @@
 //! that uses them is in [`crate::decide`].
 use crate::{
     abi::{
-        Addr, CALM_WINDOWS, FloodState, Policy, SYN_WINDOW_NS, VERIFIED_HINT_WORDS, syn_cookies,
+        Addr, CALM_WINDOWS, FloodState, Policy, SYN_WINDOW_NS, VERIFIED_HINT_WORDS, policy_flag,
+        syn_cookies,
     },
     bucket::{SCALE, refill},
 };
@@ -71,12 +72,14 @@ fn close_window(fs: &mut FloodState, p: &Policy, since: u64) {
     }
 }
 
-/// Whether the policy answers SYNs from unverified sources with cookies.
+/// Whether the policy answers SYNs from unverified sources with cookies:
+/// always in `on`; in `auto` while its SYN rate engaged it, or while the
+/// traffic detector defends it.
 #[inline(always)]
 pub fn cookies_engaged(fs: &FloodState, p: &Policy) -> bool {
     match p.syn_cookies {
         syn_cookies::ON => true,
-        syn_cookies::AUTO => fs.engaged != 0,
+        syn_cookies::AUTO => fs.engaged != 0 || p.flags & policy_flag::DEFEND != 0,
         _ => false,
     }
 }
@@ -87,6 +90,9 @@ pub fn cookies_engaged(fs: &FloodState, p: &Policy) -> bool {
 pub fn engaged_at(fs: &FloodState, p: &Policy, now: u64) -> bool {
     if p.syn_cookies != syn_cookies::AUTO {
         return p.syn_cookies == syn_cookies::ON;
+    }
+    if p.flags & policy_flag::DEFEND != 0 {
+        return true;
     }
     let mut probe = *fs;
     let since = now.saturating_sub(fs.window_start_ns);

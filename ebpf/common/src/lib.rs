@@ -13,6 +13,7 @@ pub mod decide;
 pub mod flood;
 pub mod list_table;
 pub mod parse;
+pub mod sketch;
 
 #[cfg(feature = "model")]
 pub mod model;

@@ -2,8 +2,8 @@
 //! only of integers and byte arrays (see the size asserts in `abi`).
 use crate::{
     abi::{
-        Addr, BanEntry, Config, Counter, Event, FloodState, ListEntry, Policy, PrefixLens,
-        RateBuckets, RateExtra, RateSet, V4Key, V6Key, Verified,
+        Addr, BanEntry, Config, Counter, Event, FloodState, ListEntry, Policy, PolicyStats,
+        PrefixLens, RateBuckets, RateExtra, RateSet, Sketch, V4Key, V6Key, Verified,
     },
     list_table::{V4Slot, V6Slot},
 };
@@ -27,10 +27,12 @@ pod!(
     Event,
     ListEntry,
     Policy,
+    PolicyStats,
     PrefixLens,
     RateBuckets,
     RateExtra,
     RateSet,
+    Sketch,
     V4Key,
     V4Slot,
     V6Key,

@@ -16,6 +16,7 @@
 mod cookie;
 mod filter;
 mod maps;
+mod observe;
 mod packet;
 mod runtime;
 

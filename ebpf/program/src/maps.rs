@@ -299,7 +299,8 @@ pub extern "C" fn rampart_ban_v6(cfg: *const Config, addr: *const Addr, now: u64
 }
 
 /// Metering out of line (see `Tables::meter`): bit 0 set when the packet
-/// conforms, bit 1 when a ban is due.
+/// conforms, bit 1 when a ban is due, bit 2 for a new source; the drop
+/// reason in bits 8-15.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rampart_meter(
@@ -315,7 +316,10 @@ pub extern "C" fn rampart_meter(
         return 1;
     };
     let m = meter(&BpfTables::without_packet(cfg), cfg, index, src, len, now);
-    m.conforms as u32 | (m.ban_due as u32) << 1 | (m.drop_reason as u32) << 8
+    m.conforms as u32
+        | (m.ban_due as u32) << 1
+        | (m.new_source as u32) << 2
+        | (m.drop_reason as u32) << 8
 }
 
 /// A TCP policy's flood defence out of line (see `Tables::defend_syn`):
@@ -498,6 +502,7 @@ impl Tables for BpfTables<'_> {
             conforms: m & 1 != 0,
             ban_due: m & 2 != 0,
             drop_reason: (m >> 8) as u8,
+            new_source: m & 4 != 0,
         }
     }
 
@@ -674,6 +679,12 @@ impl Tables for BpfTables<'_> {
     #[inline(always)]
     fn count(&self, index: u32) {
         bump(index);
+    }
+
+    #[inline(always)]
+    fn observe(&self, cfg: &Config, index: u32, pkt: &Packet, len: u32, now: u64, o: u32) {
+        let packed = index & 0xff | (o & 0xff) << 8 | len.min(0xffff) << 16;
+        crate::observe::rampart_observe(self.ctx, cfg, pkt, packed, now);
     }
 
     #[inline(always)]
