@@ -119,7 +119,7 @@ fn alert_rules_pass_promtool() {
         None,
     );
     assert!(ok, "{out}");
-    assert!(out.contains("14 rules found"), "{out}");
+    assert!(out.contains("15 rules found"), "{out}");
 }
 
 #[test]
@@ -186,6 +186,11 @@ fn every_dashboard_query_names_an_exported_metric() -> anyhow::Result<()> {
     )?;
     lab.start()?;
     lab.ping(&lab.client_ips[1], 2, "0.1");
+    // The detector's series appear with its first reading, about a second in.
+    assert!(rampart_tests::lab::eventually(10, || lab
+        .http_get("/metrics")
+        .1
+        .contains("rampart_detector_baseline{")));
     let (_, metrics) = lab.http_get("/metrics");
     let exported: BTreeSet<&str> = metrics
         .lines()
