@@ -6,3 +6,4 @@ pub mod lab;
 pub mod lapi;
 pub mod netns;
 pub mod traffic;
+pub mod web;
