@@ -28,6 +28,8 @@ use rampart_tests::{
 };
 use serde_json::{Value, json};
 
+mod detector;
+
 fn quick() -> bool {
     std::env::var("RAMPART_BENCH_QUICK").is_ok()
 }
@@ -1368,13 +1370,14 @@ fn main() {
         "quick": quick(),
     });
     // RAMPART_BENCH_ONLY=per_packet (or throughput, legit_client,
-    // control_plane; comma separated) runs a subset while working on one part.
+    // control_plane, detector; comma separated) runs a subset while working on one part.
     let only = std::env::var("RAMPART_BENCH_ONLY").unwrap_or_default();
-    let parts: [Part; 4] = [
+    let parts: [Part; 5] = [
         ("per_packet", per_packet_beside_a_listener),
         ("throughput", throughput),
         ("legit_client", legit_client),
         ("control_plane", control_plane),
+        ("detector", detector::detector),
     ];
     let mut report = json!({ "machine": machine });
     for (name, run) in parts {
