@@ -41,6 +41,7 @@ fn every_command_in_table_and_json() -> anyhow::Result<()> {
         keys(&s),
         [
             "config_file",
+            "detector",
             "dry_run",
             "flood",
             "interfaces",
@@ -55,6 +56,35 @@ fn every_command_in_table_and_json() -> anyhow::Result<()> {
     assert!(s["interfaces"][0]["program_id"].as_u64().is_some());
     // Every table, as the metrics name it: lists, bans, policies, spill maps, rate table.
     assert_eq!(s["tables"].as_array().map(Vec::len), Some(12));
+
+    // The detector watches the policy (alert by default) from its first
+    // reading, about a second in, and has found nothing.
+    assert!(rampart_tests::lab::eventually(10, || lab
+        .cli_json(&["status"])
+        .is_ok_and(|s| s["detector"][0]["policy"] == "icmp")));
+    let d = &lab.cli_json(&["status"])?["detector"][0];
+    assert_eq!(
+        keys(d),
+        [
+            "anomaly",
+            "features",
+            "learning",
+            "learning_left_secs",
+            "policy"
+        ]
+    );
+    assert_eq!(d["learning"], true, "{d}");
+    assert_eq!(d["features"].as_array().map(Vec::len), Some(6));
+    assert_eq!(
+        keys(&d["features"][0]),
+        ["baseline", "deviation", "feature", "score", "value"]
+    );
+    assert!(
+        lab.cli_ok(&["status"])?
+            .contains("detector of policy icmp: learning")
+    );
+    assert_eq!(lab.cli_json(&["anomalies"])?, serde_json::json!([]));
+    assert_eq!(lab.cli_ok(&["anomalies"])?, "no anomalies\n");
 
     // The allowlist starts with the host's own addresses, marked protected.
     let allow = lab.cli_json(&["allow", "list"])?;
@@ -184,6 +214,16 @@ fn every_command_in_table_and_json() -> anyhow::Result<()> {
     // explain without consuming tokens: repeated asks give the same answer
     let t = lab.cli_ok(&["explain", &c0, "--proto", "icmp"])?;
     assert!(t.contains("-> pass"), "{t}");
+    // The policy that would apply, and its detector's baseline and score.
+    assert!(
+        t.contains("detector of policy icmp") && t.contains("BASELINE"),
+        "{t}"
+    );
+    let x = lab.cli_json(&["explain", &c0, "--proto", "icmp"])?;
+    assert_eq!(x["policy"], "icmp");
+    assert_eq!(x["detector"]["policy"], "icmp", "{x}");
+    let x = lab.cli_json(&["explain", &c0, "--proto", "udp", "--port", "53"])?;
+    assert_eq!(x["policy"], Value::Null, "no policy matches UDP: {x}");
     for _ in 0..5 {
         assert_eq!(
             lab.cli_json(&["explain", &c0, "--proto", "icmp"])?["action"],
