@@ -68,7 +68,10 @@ pub struct Settings {
     /// it scores (a quiet service's 3 SYNs a second are not a flood).
     pub floors: Sample,
     /// The deviation never counts as less than this share of the mean, so
-    /// a very steady feature does not score a small change as huge.
+    /// a very steady feature does not score a small change as huge: with
+    /// 0.5 and a threshold of 6, a feature must reach about 4x its
+    /// baseline to count, whatever its noise; a service's ordinary bursts
+    /// of 2x or 3x do not.
     pub min_relative_deviation: f64,
 }
 
@@ -81,7 +84,7 @@ impl Default for Settings {
             calm: 10,
             learning: 3600,
             floors: [1000.0, 1.0e6, 200.0, 200.0, 200.0, 100.0],
-            min_relative_deviation: 0.1,
+            min_relative_deviation: 0.5,
         }
     }
 }
