@@ -97,6 +97,8 @@ pub struct Packet {
     pub proto: u8,
     /// A fragment other than the first: it has no transport header.
     pub later_fragment: bool,
+    /// TCP: the flags byte ([`tcp_flag`]); 0 for anything else.
+    pub tcp_flags: u8,
 }
 
 /// TCP flag bits, in [`TcpAt::flags`].
@@ -201,6 +203,7 @@ fn parse_v4<F: Frame>(f: &F, off: usize) -> Parsed {
         later_fragment: false,
         sport: 0,
         dport: 0,
+        tcp_flags: 0,
     };
     let frag_off = u16::from_be_bytes([w1[2], w1[3]]) & 0x1fff;
     pkt.later_fragment = frag_off != 0;
@@ -237,6 +240,7 @@ fn parse_v6<F: Frame>(f: &F, off: usize) -> Parsed {
         later_fragment: false,
         sport: 0,
         dport: 0,
+        tcp_flags: 0,
     };
     let mut next = first[6];
     let mut off = off + 40;
@@ -301,6 +305,13 @@ fn parse_l4<F: Frame>(f: &F, off: usize, mut pkt: Packet) -> Parsed {
     } else {
         pkt.sport = u16::from_be_bytes([ports[0], ports[1]]);
         pkt.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    }
+    if pkt.proto == ipproto::TCP {
+        // Data offset, flags, window: inside the 20 bytes checked above.
+        let Some(w) = bytes4(f, off + 12) else {
+            return Parsed::Malformed(Some(pkt.src));
+        };
+        pkt.tcp_flags = w[1];
     }
     Parsed::Ip(pkt)
 }

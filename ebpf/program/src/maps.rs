@@ -684,7 +684,7 @@ impl Tables for BpfTables<'_> {
     #[inline(always)]
     fn observe(&self, cfg: &Config, index: u32, pkt: &Packet, len: u32, now: u64, o: u32) {
         let packed = index & 0xff | (o & 0xff) << 8 | len.min(0xffff) << 16;
-        crate::observe::rampart_observe(self.ctx, cfg, pkt, packed, now);
+        crate::observe::rampart_observe(cfg, pkt, packed, now);
     }
 
     #[inline(always)]

@@ -1,18 +1,18 @@
 //! The traffic detector's counting: per policy slot, packets, bytes, SYNs,
 //! new sources and drops, and per policy group a sketch of distinct
 //! sources. The agent reads both once per sketch epoch.
-use aya_ebpf::{bindings::xdp_md, macros::map, maps::PerCpuArray, programs::XdpContext};
+use aya_ebpf::{macros::map, maps::PerCpuArray};
 use rampart_common::{
     abi::{
         Config, MAX_POLICIES, POLICY_STATS_ENTRIES, PolicyStats, SKETCH_ENTRIES, SKETCH_REGISTERS,
         Sketch,
     },
     decide::{Tables, outcome},
-    parse::{Packet, ipproto, tcp_at, tcp_flag},
+    parse::{Packet, ipproto, tcp_flag},
     sketch,
 };
 
-use crate::{maps::BpfTables, packet::XdpFrame};
+use crate::maps::BpfTables;
 
 #[map]
 static POLICY_STATS: PerCpuArray<PolicyStats> =
@@ -22,11 +22,10 @@ static SKETCHES: PerCpuArray<Sketch> = PerCpuArray::with_max_entries(SKETCH_ENTR
 
 /// Counts one packet of a policy entry out of line (see
 /// `Tables::observe`). `packed` holds the entry's index (bits 0-7), the
-/// outcome (8-15) and the length (16-31): BPF calls take five arguments.
+/// outcome (8-15) and the length (16-31), so the call passes its scalars in one register.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn rampart_observe(
-    ctx: *mut xdp_md,
     cfg: *const Config,
     pkt: *const Packet,
     packed: u32,
@@ -44,11 +43,8 @@ pub extern "C" fn rampart_observe(
     let Some(policy) = tables.policy(index) else {
         return 0;
     };
-    let syn = pkt.proto == ipproto::TCP && !pkt.later_fragment && !ctx.is_null() && {
-        let kind = tcp_flag::SYN | tcp_flag::ACK | tcp_flag::RST | tcp_flag::FIN;
-        tcp_at(&XdpFrame::new(&XdpContext::new(ctx)))
-            .is_some_and(|at| at.flags & kind == tcp_flag::SYN)
-    };
+    let kind = tcp_flag::SYN | tcp_flag::ACK | tcp_flag::RST | tcp_flag::FIN;
+    let syn = pkt.proto == ipproto::TCP && pkt.tcp_flags & kind == tcp_flag::SYN;
     if let Some(s) = POLICY_STATS.get_ptr_mut(sketch::stats_index(policy, index, pkt.dport)) {
         // SAFETY: a per-CPU value, only this CPU writes it.
         unsafe {
