@@ -17,7 +17,7 @@ fn keys(v: &Value) -> Vec<String> {
 
 #[test]
 fn every_command_in_table_and_json() -> anyhow::Result<()> {
-    let policy = "[[policy]]\nname = \"icmp\"\nprotocol = \"icmp\"\npps = 20\nburst = 20\nban_threshold = 3\nban_time = \"10m\"\n";
+    let policy = "[[policy]]\nname = \"icmp\"\nprotocol = \"icmp\"\npps = 20\nburst = 20\nban_threshold = 3\nban_time = \"10m\"\ndetect = \"alert\"\n";
     let mut lab = Lab::new(
         "cl",
         71,
@@ -57,8 +57,8 @@ fn every_command_in_table_and_json() -> anyhow::Result<()> {
     // Every table, as the metrics name it: lists, bans, policies, spill maps, rate table.
     assert_eq!(s["tables"].as_array().map(Vec::len), Some(12));
 
-    // The detector watches the policy (alert by default) from its first
-    // reading, about a second in, and has found nothing.
+    // The detector watches the policy from its first reading, about a
+    // second in, and has found nothing.
     assert!(rampart_tests::lab::eventually(10, || lab
         .cli_json(&["status"])
         .is_ok_and(|s| s["detector"][0]["policy"] == "icmp")));

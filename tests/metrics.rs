@@ -182,7 +182,7 @@ fn every_dashboard_query_names_an_exported_metric() -> anyhow::Result<()> {
     let mut lab = Lab::new(
         "md",
         83,
-        "[blocklist]\nentries = [\"10.83.0.3\"]\n\n[[policy]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [443]\npps = 100\nsyn_cookies = \"auto\"\n",
+        "[blocklist]\nentries = [\"10.83.0.3\"]\n\n[[policy]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [443]\npps = 100\nsyn_cookies = \"auto\"\ndetect = \"alert\"\n",
     )?;
     lab.start()?;
     lab.ping(&lab.client_ips[1], 2, "0.1");

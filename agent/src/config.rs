@@ -1248,7 +1248,7 @@ mod tests {
             assert!(e.contains(needle), "{text}: {e}");
         }
         let v = parse(
-            "[detect]\nthreshold = 8.0\nfloors = { syns = 50 }\n\n[[policy]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [\"8000-8099\"]\npps = 10\n\n[[policy]]\nname = \"dns\"\nprotocol = \"udp\"\npps = 10\ndetect = \"off\"\n",
+            "[detect]\nthreshold = 8.0\nfloors = { syns = 50 }\n\n[[policy]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [\"8000-8099\"]\npps = 10\ndetect = \"alert\"\n\n[[policy]]\nname = \"dns\"\nprotocol = \"udp\"\npps = 10\n",
             "f.toml",
         )
         .unwrap();

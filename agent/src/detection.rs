@@ -313,7 +313,7 @@ impl Detection {
                 .actions
                 .get(name)
                 .copied()
-                .unwrap_or((Detect::Alert, false));
+                .unwrap_or((Detect::Off, false));
             for (ports, x) in series {
                 let k = key(name, ports);
                 wanted.insert(k.clone());
@@ -578,8 +578,14 @@ mod tests {
     /// 8000 and `syns` SYNs among them.
     fn snap(epoch: u64, totals: &mut [PolicyStats; 2], web_pps: u64, syns: u64) -> Snapshot {
         let specs = [
-            PolicySpec::simple("web", Protocol::Tcp, &[(8000, 8031)], 100, 100),
-            PolicySpec::simple("dns", Protocol::Udp, &[], 100, 100),
+            PolicySpec {
+                detect: Detect::Defend,
+                ..PolicySpec::simple("web", Protocol::Tcp, &[(8000, 8031)], 100, 100)
+            },
+            PolicySpec {
+                detect: Detect::Alert,
+                ..PolicySpec::simple("dns", Protocol::Udp, &[], 100, 100)
+            },
         ];
         let abi = crate::policy::kernel_policies(specs.iter());
         let secs = epoch_secs(1);

@@ -93,10 +93,12 @@ pub struct PolicySpec {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Detect {
-    /// Not watched (and its packets cost the detector nothing).
+    /// Not watched, and its packets cost the detector nothing (the
+    /// default: watching costs every packet of the policy a little, see
+    /// docs/benchmarks.md).
+    #[default]
     Off,
     /// Reported: log, audit, `rampart anomalies`, metrics.
-    #[default]
     Alert,
     /// Reported, and the policy's flood defence engaged while it lasts.
     Defend,

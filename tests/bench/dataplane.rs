@@ -471,6 +471,23 @@ fn per_packet() -> BTreeMap<String, Value> {
     fill_blocklist(&mut dp, 1000, "198.18.7.7");
     add("S1 pass".into(), dp, &pass, pass_expect);
 
+    // S1 with the traffic detector watching the policy: what `detect`
+    // costs a packet.
+    let mut dp = load_shipped(1024);
+    let watched: Vec<_> = PolicySpec {
+        detect: rampart::policy::Detect::Alert,
+        ..PolicySpec::simple("web", Protocol::Tcp, &[(443, 443)], 1 << 30, 1 << 30)
+    }
+    .to_abi();
+    dp.set_policies(&watched).expect("policies");
+    fill_blocklist(&mut dp, 1000, "198.18.7.7");
+    add(
+        "S1 pass, watched by the detector".into(),
+        dp,
+        &pass,
+        pass_expect,
+    );
+
     // S2: a blocklisted source, lists of growing size.
     for n in [1u32, 10_000, 100_000, 1_000_000] {
         if quick() && n > 10_000 {

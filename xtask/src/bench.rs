@@ -512,24 +512,35 @@ fn detector_figures(v: &Value) -> String {
     let l = &d["latency"];
     let c = &d["cpu"];
     let r = &d["benign replay"];
-    format!(
-        "A live agent learnt a client's load (curl every 100 ms) on a TCP policy with          `detect = \"defend\"`, `syn_cookies = \"auto\"` and a SYN-rate trigger out of reach,          so only the detector could engage the cookies. Then {} spoofed SYN floods (hping3, a          random source per packet), each after a few seconds of normal load and once the last          one's defence was released. From the start of a flood to `rampart anomalies` showing          it: median {:.2} s (min {:.2}, max {:.2}); to `rampart status` showing the cookies          engaged: median {:.2} s (min {:.2}, max {:.2}). These include the CLI's polling (every          50 ms) and the epoch alignment: the detector reads once per 1.07 s epoch and needs          `consecutive` (2) hot epochs.\n\nA benign day replayed through the detector with the          default settings ({} s: a daily curve from 1x to 4x and back, noise, a two-fold burst          of 4 s every 15 minutes) raised {} false alarms; a sample cost {:.0} ns.\n\nWith 16          policies of two ports each (48 detectors), the agent used {:.3}% of one core over          {} s, against {:.3}% for the same agent with `detect = \"off\"`: {:.3}% for the          detector. Its own clock (`rampart_detector_busy_seconds_total`) counted {:.3}%.",
-        l["to anomaly"]["runs"],
-        f(&l["to anomaly"]["median_s"]),
-        f(&l["to anomaly"]["min_s"]),
-        f(&l["to anomaly"]["max_s"]),
-        f(&l["to defence engaged"]["median_s"]),
-        f(&l["to defence engaged"]["min_s"]),
-        f(&l["to defence engaged"]["max_s"]),
-        r["seconds"],
-        r["false_alarms"],
-        f(&r["ns_per_sample"]),
-        f(&c["agent_cpu_share_on"]) * 100.0,
-        c["seconds"],
-        f(&c["agent_cpu_share_off"]) * 100.0,
-        f(&c["detector_cpu_share"]) * 100.0,
-        f(&c["detector_busy_share"]) * 100.0,
-    )
+    let watched = "S1 pass, watched by the detector";
+    let per_packet = format!(
+        "Watching a policy costs its packets a call that counts them and sketches their \
+         source: S1's pass path cost {:.1} ns ({:.2}x the floor) with its policy watched, \
+         against {:.1} ns ({:.2}x) unwatched, so `detect` is off unless set.\n\n",
+        ns(v, watched),
+        vs_floor(v, watched),
+        ns(v, "S1 pass"),
+        vs_floor(v, "S1 pass"),
+    );
+    per_packet
+        + &format!(
+            "A live agent learnt a client's load (curl every 100 ms) on a TCP policy with `detect = \"defend\"`, `syn_cookies = \"auto\"` and a SYN-rate trigger out of reach, so only the detector could engage the cookies. Then {} spoofed SYN floods (hping3, a random source per packet), each after a few seconds of normal load and once the last one's defence was released. From the start of a flood to `rampart anomalies` showing it: median {:.2} s (min {:.2}, max {:.2}); to `rampart status` showing the cookies engaged: median {:.2} s (min {:.2}, max {:.2}). These include the CLI's polling (every 50 ms) and the epoch alignment: the detector reads once per 1.07 s epoch and needs `consecutive` (2) hot epochs.\n\nA benign day replayed through the detector with the default settings ({} s: a daily curve from 1x to 4x and back, noise, a two-fold burst of 4 s every 15 minutes) raised {} false alarms; a sample cost {:.0} ns.\n\nWith 16 policies of two ports each (48 detectors), the agent used {:.3}% of one core over {} s, against {:.3}% for the same agent with `detect = \"off\"`: {:.3}% for the detector. Its own clock (`rampart_detector_busy_seconds_total`) counted {:.3}%.",
+            l["to anomaly"]["runs"],
+            f(&l["to anomaly"]["median_s"]),
+            f(&l["to anomaly"]["min_s"]),
+            f(&l["to anomaly"]["max_s"]),
+            f(&l["to defence engaged"]["median_s"]),
+            f(&l["to defence engaged"]["min_s"]),
+            f(&l["to defence engaged"]["max_s"]),
+            r["seconds"],
+            r["false_alarms"],
+            f(&r["ns_per_sample"]),
+            f(&c["agent_cpu_share_on"]) * 100.0,
+            c["seconds"],
+            f(&c["agent_cpu_share_off"]) * 100.0,
+            f(&c["detector_cpu_share"]) * 100.0,
+            f(&c["detector_busy_share"]) * 100.0,
+        )
 }
 
 /// The S5 table: one row per phase.
