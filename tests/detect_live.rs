@@ -177,14 +177,6 @@ fn dry_run_defend_drops_nothing_and_counts_what_it_would_have_done() -> anyhow::
     let a = anomalies(&lab);
     assert_eq!(a[0]["action"], "defend (dry-run)", "{a:?}");
     assert_eq!(lab.counter("challenge", "syn_cookie"), 0);
-    let dropped: u64 = lab
-        .cli_json(&["stats"])?
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["action"] == "drop")
-        .map(|r| r["packets"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(dropped, 0, "dry-run drops nothing");
+    assert_eq!(lab.dropped()?, 0, "dry-run drops nothing");
     Ok(())
 }

@@ -192,14 +192,6 @@ fn dry_run_answers_nothing_and_counts_what_it_would_have() -> anyhow::Result<()>
     drop(flood);
     assert!(lab.counter("would_challenge", "syn_cookie") > 1000);
     assert_eq!(lab.counter("challenge", "syn_cookie"), 0);
-    let dropped: u64 = lab
-        .cli_json(&["stats"])?
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["action"] == "drop")
-        .map(|r| r["packets"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(dropped, 0, "dry-run drops nothing");
+    assert_eq!(lab.dropped()?, 0, "dry-run drops nothing");
     Ok(())
 }

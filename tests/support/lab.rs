@@ -279,6 +279,19 @@ impl Lab {
         (code.trim().parse().unwrap_or(0), body.to_string())
     }
 
+    /// Packets the program dropped, over every interface and reason
+    /// (`rampart stats`).
+    pub fn dropped(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .cli_json(&["stats"])?
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["action"] == "drop")
+            .map(|r| r["packets"].as_u64().unwrap_or(0))
+            .sum())
+    }
+
     pub fn counter(&self, action: &str, reason: &str) -> u64 {
         let rows = self.cli_json(&["stats"]).unwrap_or_default();
         rows.as_array()
